@@ -1,0 +1,3 @@
+from asr_s2s.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""The hooks a plugin implements to contribute components.
+
+Every hook returns a list of component classes. Each class declares its own
+``name`` (a ``ClassVar[str]``) by which configs and the CLI refer to it. The
+built-in components in ``asr_s2s_plugins`` implement these hooks exactly as a
+third-party package does, and are found through the ``asr_s2s`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT_NAME = "asr_s2s"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def asr_s2s_register_encoders() -> list[type]:
+    """Contribute encoder classes (subclasses of :class:`asr_s2s.interfaces.Encoder`).
+
+    An encoder maps features ``(B, T, F)`` with lengths ``(B,)`` to states
+    ``(B, T', D)`` with lengths ``(B,)``, where ``T' = ceil(T / time_reduction)``.
+    Its constructor takes ``input_dim`` (F) plus its own keyword params.
+
+    :returns: a list of encoder classes, each with a unique ``name``.
+    """
+
+
+@hookspec
+def asr_s2s_register_decoders() -> list[type]:
+    """Contribute decoder classes (subclasses of :class:`asr_s2s.interfaces.Decoder`).
+
+    A decoder maps encoder states ``(B, T', D)``, their lengths ``(B,)`` and
+    input tokens ``(B, U)`` to logits ``(B, U, V)``, and offers a batched
+    incremental ``init_state``/``step``/``select`` API for search.
+    Its constructor takes ``encoder_dim`` (D) and ``vocab_size`` (V) plus its own params.
+
+    :returns: a list of decoder classes, each with a unique ``name``.
+    """
+
+
+@hookspec
+def asr_s2s_register_scorers() -> list[type]:
+    """Contribute beam-search scorer classes (subclasses of :class:`asr_s2s.interfaces.Scorer`).
+
+    A scorer adds a weighted log-probability ``(N, V)`` over the vocabulary
+    (full scorer) or over ``K`` pre-beam candidates ``(N, K)`` (partial scorer)
+    for ``N`` hypotheses at once. It is built with
+    ``Scorer.from_model(model, **params)``.
+
+    :returns: a list of scorer classes, each with a unique ``name``.
+    """

@@ -1,0 +1,163 @@
+"""The interfaces plugins implement. The core knows only these, never a concrete class.
+
+Shape letters: ``B`` utterances, ``T`` input frames, ``F`` feature bins,
+``T'`` encoder frames, ``D`` encoder state size, ``U`` output tokens,
+``V`` vocabulary size, ``N`` hypotheses in search, ``L`` prefix length,
+``K`` pre-beam candidates per hypothesis.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from asr_s2s.model import ASRModel
+
+
+class Encoder(nn.Module, ABC):
+    """Maps features to a shorter sequence of states.
+
+    Constructed as ``cls(input_dim=F, **params)``.
+    """
+
+    name: ClassVar[str]
+
+    @property
+    @abstractmethod
+    def output_dim(self) -> int:
+        """D, the size of each output state."""
+
+    @property
+    @abstractmethod
+    def time_reduction(self) -> int:
+        """How many input frames make one output frame (e.g. 4)."""
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Output lengths ``(B,)`` for input lengths ``(B,)``: ``ceil(T / time_reduction)``."""
+        r = self.time_reduction
+        return torch.div(lengths + r - 1, r, rounding_mode="floor")
+
+    @abstractmethod
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode a padded batch.
+
+        :param feats: ``(B, T, F)`` normalised features; frames past ``lengths`` are padding.
+        :param lengths: ``(B,)`` int64 valid frames per utterance.
+        :returns: states ``(B, T', D)`` (zero past the output lengths) and lengths ``(B,)``.
+            Real frames never depend on padding.
+        """
+
+
+class Decoder(nn.Module, ABC):
+    """Emits tokens one step at a time, attending over encoder states.
+
+    Constructed as ``cls(encoder_dim=D, vocab_size=V, sos_id=..., **params)``.
+    The search state is a ``dict[str, torch.Tensor]`` whose per-hypothesis
+    tensors have ``N`` rows; a decoder may add an ``"attention"`` entry
+    ``(N, T')`` holding the latest attention weights.
+    """
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def forward(
+        self,
+        states: torch.Tensor,
+        state_lengths: torch.Tensor,
+        tokens_in: torch.Tensor,
+        token_lengths: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced decoding of a padded batch.
+
+        :param states: ``(B, T', D)`` encoder states.
+        :param state_lengths: ``(B,)`` valid encoder frames.
+        :param tokens_in: ``(B, U)`` input tokens, starting with ``<sos>``.
+        :param token_lengths: ``(B,)`` valid tokens per row, or None when all are valid.
+        :returns: logits ``(B, U, V)`` and attention weights ``(B, U, T')``.
+        """
+
+    @abstractmethod
+    def init_state(self, states: torch.Tensor, state_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Start decoding ``N`` hypotheses.
+
+        :param states: ``(N, T', D)`` encoder states, one row per hypothesis.
+        :param state_lengths: ``(N,)`` valid encoder frames.
+        :returns: the initial search state.
+        """
+
+    @abstractmethod
+    def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Advance every hypothesis by one token.
+
+        :param tokens: ``(N,)`` the last token of each hypothesis (``<sos>`` at the start).
+        :param state: the state after the previous token.
+        :returns: log-probabilities ``(N, V)`` of the next token, and the new state.
+        """
+
+    @abstractmethod
+    def select(self, state: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Reorder hypotheses after pruning.
+
+        :param index: ``(N,)`` for each surviving hypothesis, the row it came from.
+            Search only ever maps a row to a row of the same utterance, so
+            per-utterance memory may be kept as it is.
+        :returns: the state with per-hypothesis rows gathered.
+        """
+
+
+class Scorer(ABC):
+    """Adds a log-probability to every beam-search extension (ESPnet's design, batched).
+
+    A *full* scorer (``partial = False``) scores the whole vocabulary with
+    :meth:`score`; a *partial* one scores only pre-beam candidates with
+    :meth:`score_partial`. Search weighs each scorer by its ``name``.
+    """
+
+    name: ClassVar[str]
+    partial: ClassVar[bool] = False
+
+    @classmethod
+    def from_model(cls, model: ASRModel) -> Scorer:
+        """Build the scorer for ``model``. Subclasses add keyword-only params."""
+        return cls()
+
+    @abstractmethod
+    def init_state(self, states: torch.Tensor, state_lengths: torch.Tensor) -> Any:
+        """Initial state for ``N`` hypotheses.
+
+        :param states: ``(N, T', D)`` encoder states, one row per hypothesis.
+        :param state_lengths: ``(N,)`` valid encoder frames.
+        """
+
+    def score(self, prefix: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """Full scorer: log-probabilities of every next token.
+
+        :param prefix: ``(N, L)`` tokens so far, starting with ``<sos>``.
+        :returns: scores ``(N, V)`` and the state for the ``N`` extended prefixes.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is a partial scorer; use score_partial")
+
+    def score_partial(self, prefix: torch.Tensor, candidates: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """Partial scorer: log-probabilities of ``K`` candidate tokens per hypothesis.
+
+        :param prefix: ``(N, L)`` tokens so far.
+        :param candidates: ``(N, K)`` token ids to score.
+        :returns: scores ``(N, K)`` and a state that :meth:`select` understands.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is a full scorer; use score")
+
+    @abstractmethod
+    def select(self, state: Any, index: torch.Tensor, tokens: torch.Tensor) -> Any:
+        """Keep the states of the surviving hypotheses.
+
+        :param index: ``(N,)`` the source row of each surviving hypothesis.
+        :param tokens: ``(N,)`` the token each survivor appended.
+        """
+
+    def final_score(self, state: Any) -> torch.Tensor | None:
+        """Optional extra score ``(N,)`` when a hypothesis ends with ``<eos>``; None for none."""
+        return None
