@@ -1,0 +1,131 @@
+"""From manifest entries to padded feature and token batches."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader, Dataset
+
+from asr_s2s.audio import load_audio
+from asr_s2s.batching import BucketBatchSampler
+from asr_s2s.errors import AsrS2SError, TokenizerError
+from asr_s2s.features import fbank
+from asr_s2s.manifest import Utterance
+from asr_s2s.tokenizer import CharTokenizer, normalize_text
+
+log = logging.getLogger(__name__)
+
+IGNORE_ID = -1  # token padding, ignored by the losses
+
+
+@dataclass(frozen=True)
+class Example:
+    """One loaded utterance: features ``(T, F)`` and token ids ``(U,)``."""
+
+    id: str
+    feats: torch.Tensor
+    tokens: torch.Tensor
+    text: str
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A padded batch. Items that failed to load are listed in ``failed`` with the reason."""
+
+    ids: list[str]
+    feats: torch.Tensor  # (B, T, F)
+    feat_lengths: torch.Tensor  # (B,)
+    tokens: torch.Tensor  # (B, U), padded with IGNORE_ID
+    token_lengths: torch.Tensor  # (B,)
+    texts: list[str]
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            self.ids, self.feats.to(device), self.feat_lengths.to(device), self.tokens.to(device),
+            self.token_lengths.to(device), self.texts, self.failed,
+        )
+
+
+class SpeechDataset(Dataset):
+    """Loads audio and computes fbank features on access (in DataLoader workers).
+
+    Transcripts are normalised and tokenised up front, so that unrepresentable
+    text is reported before training starts, never silently dropped.
+    """
+
+    def __init__(self, utterances: Sequence[Utterance], tokenizer: CharTokenizer, require_text: bool = True) -> None:
+        self.utterances = list(utterances)
+        self.texts = [normalize_text(u.text) for u in self.utterances]
+        self.token_ids: list[list[int]] = []
+        problems: list[str] = []
+        for utt, text in zip(self.utterances, self.texts):
+            try:
+                if require_text and not text:
+                    raise TokenizerError(f"utterance {utt.id}: transcript is empty")
+                self.token_ids.append(tokenizer.encode(text, where=f"utterance {utt.id}") if require_text else [])
+            except TokenizerError as exc:
+                problems.append(str(exc))
+        if problems:
+            shown = "\n  ".join(problems[:10])
+            more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+            raise TokenizerError(f"{len(problems)} transcript(s) cannot be used:\n  {shown}{more}")
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, index: int) -> Example | tuple[str, str]:
+        utt = self.utterances[index]
+        try:
+            feats = fbank(load_audio(utt.audio))
+        except AsrS2SError as exc:
+            return (utt.id, str(exc))
+        return Example(utt.id, feats, torch.tensor(self.token_ids[index], dtype=torch.long), self.texts[index])
+
+
+def collate(items: Sequence[Example | tuple[str, str]]) -> Batch:
+    """Pad examples into a :class:`Batch`; failed items go to ``Batch.failed``."""
+    good = [it for it in items if isinstance(it, Example)]
+    failed = [it for it in items if not isinstance(it, Example)]
+    if not good:
+        empty = torch.zeros(0, 0, dtype=torch.long)
+        return Batch([], torch.zeros(0, 0, 0), empty[0], empty, empty[0], [], failed)
+    return Batch(
+        ids=[e.id for e in good],
+        feats=pad_sequence([e.feats for e in good], batch_first=True),
+        feat_lengths=torch.tensor([e.feats.shape[0] for e in good], dtype=torch.long),
+        tokens=pad_sequence([e.tokens for e in good], batch_first=True, padding_value=IGNORE_ID),
+        token_lengths=torch.tensor([len(e.tokens) for e in good], dtype=torch.long),
+        texts=[e.text for e in good],
+        failed=failed,
+    )
+
+
+def make_loader(
+    dataset: SpeechDataset,
+    max_batch_seconds: float,
+    shuffle: bool,
+    seed: int = 0,
+    num_workers: int = 0,
+    max_batch_size: int | None = None,
+) -> DataLoader:
+    """A DataLoader over duration-bucketed batches. Its ``batch_sampler`` has ``set_epoch``."""
+    sampler = BucketBatchSampler(
+        [u.duration for u in dataset.utterances], max_batch_seconds, shuffle=shuffle, seed=seed,
+        max_batch_size=max_batch_size,
+    )
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
