@@ -1,0 +1,183 @@
+"""The LAS speller: an LSTM decoder with location-aware or content-based attention."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asr_s2s.hookspecs import hookimpl
+from asr_s2s.interfaces import Decoder
+from asr_s2s_plugins.blstm import length_mask
+
+ATTENTION_TYPES = ("location", "content")
+
+
+class Attention(nn.Module):
+    """Additive attention (Bahdanau); location-aware when ``conv_channels > 0`` (Chorowski et al. 2015).
+
+    Energies are ``w^T tanh(W m_t + V q + U (F * a_prev)_t + b)``: ``W m`` is
+    computed once per utterance by :meth:`project_memory`.
+    """
+
+    def __init__(self, memory_dim: int, query_dim: int, attention_dim: int, conv_channels: int, conv_kernel: int) -> None:
+        super().__init__()
+        self.memory_proj = nn.Linear(memory_dim, attention_dim)
+        self.query_proj = nn.Linear(query_dim, attention_dim, bias=False)
+        self.energy = nn.Linear(attention_dim, 1)
+        self.location = conv_channels > 0
+        if self.location:
+            if conv_kernel % 2 == 0:
+                raise ValueError(f"conv_kernel must be odd, got {conv_kernel}")
+            self.conv = nn.Conv1d(1, conv_channels, conv_kernel, padding=conv_kernel // 2, bias=False)
+            self.location_proj = nn.Linear(conv_channels, attention_dim, bias=False)
+
+    def project_memory(self, memory: torch.Tensor) -> torch.Tensor:
+        """:param memory: ``(N, T', D)``. :returns: ``(N, T', A)``."""
+        return self.memory_proj(memory)
+
+    def forward(
+        self,
+        memory: torch.Tensor,
+        projected: torch.Tensor,
+        mask: torch.Tensor,
+        query: torch.Tensor,
+        previous: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attend once.
+
+        :param memory: ``(N, T', D)`` encoder states.
+        :param projected: ``(N, T', A)`` from :meth:`project_memory`.
+        :param mask: ``(N, T')`` True on valid frames.
+        :param query: ``(N, Q)`` decoder state.
+        :param previous: ``(N, T')`` previous attention weights.
+        :returns: context ``(N, D)`` and weights ``(N, T')``.
+        """
+        hidden = projected + self.query_proj(query).unsqueeze(1)
+        if self.location:
+            loc = self.conv(previous.unsqueeze(1)).transpose(1, 2)  # (N, T', C)
+            hidden = hidden + self.location_proj(loc)
+        energies = self.energy(torch.tanh(hidden)).squeeze(-1)
+        weights = torch.softmax(energies.masked_fill(~mask, float("-inf")), dim=-1)
+        context = torch.bmm(weights.unsqueeze(1), memory).squeeze(1)
+        return context, weights
+
+
+class AttentionDecoder(Decoder):
+    """LSTM speller in ESPnet's order: attend with the previous state, then run the LSTM.
+
+    :param encoder_dim: D (supplied by the toolkit).
+    :param vocab_size: V (supplied by the toolkit).
+    :param sos_id: start token id (supplied by the toolkit).
+    :param hidden_size: LSTM units per layer.
+    :param num_layers: LSTM layers.
+    :param embed_dim: token embedding size.
+    :param attention_type: ``location`` (default) or ``content`` (MLP attention).
+    :param attention_dim: attention MLP size.
+    :param conv_channels: location filters (ignored for ``content``).
+    :param conv_kernel: location filter width in encoder frames, odd.
+    :param dropout: dropout on the LSTM output.
+    :param sampling_rate: scheduled sampling: the chance of feeding back the
+        model's own prediction instead of the reference token while training.
+    """
+
+    name = "attention"
+
+    def __init__(
+        self,
+        encoder_dim: int,
+        vocab_size: int,
+        sos_id: int,
+        hidden_size: int = 320,
+        num_layers: int = 1,
+        embed_dim: int = 128,
+        attention_type: str = "location",
+        attention_dim: int = 256,
+        conv_channels: int = 10,
+        conv_kernel: int = 101,
+        dropout: float = 0.1,
+        sampling_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if attention_type not in ATTENTION_TYPES:
+            raise ValueError(f"attention_type must be one of {ATTENTION_TYPES}, got {attention_type!r}")
+        if not 0.0 <= sampling_rate <= 1.0:
+            raise ValueError(f"sampling_rate must be in [0, 1], got {sampling_rate}")
+        self.vocab_size = vocab_size
+        self.sos_id = sos_id
+        self.num_layers = num_layers
+        self.hidden_size = hidden_size
+        self.sampling_rate = sampling_rate
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.cells = nn.ModuleList(
+            nn.LSTMCell(embed_dim + encoder_dim if i == 0 else hidden_size, hidden_size) for i in range(num_layers)
+        )
+        channels = conv_channels if attention_type == "location" else 0
+        self.attention = Attention(encoder_dim, hidden_size, attention_dim, channels, conv_kernel)
+        self.dropout = nn.Dropout(dropout)
+        self.output = nn.Linear(hidden_size + encoder_dim, vocab_size)
+
+    def init_state(self, states: torch.Tensor, state_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = states.shape[0]
+        mask = length_mask(state_lengths.to(states.device), states.shape[1])
+        zeros = states.new_zeros(self.num_layers, n, self.hidden_size)
+        return {
+            "memory": states,
+            "projected": self.attention.project_memory(states),
+            "mask": mask,
+            "h": zeros,
+            "c": zeros.clone(),
+            "attention": mask.to(states.dtype) / mask.sum(-1, keepdim=True).clamp_min(1).to(states.dtype),
+        }
+
+    def _advance(self, embedded: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One step from embedded tokens ``(N, E)``; returns logits ``(N, V)``."""
+        context, weights = self.attention(state["memory"], state["projected"], state["mask"], state["h"][-1], state["attention"])
+        x = torch.cat([embedded, context], dim=-1)
+        hs, cs = [], []
+        for layer, cell in enumerate(self.cells):
+            h, c = cell(x, (state["h"][layer], state["c"][layer]))
+            hs.append(h)
+            cs.append(c)
+            x = self.dropout(h)
+        logits = self.output(torch.cat([x, context], dim=-1))
+        new_state = dict(state, h=torch.stack(hs), c=torch.stack(cs), attention=weights)
+        return logits, new_state
+
+    def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits, state = self._advance(self.embed(tokens), state)
+        return torch.log_softmax(logits, dim=-1), state
+
+    def select(self, state: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(
+            state,
+            h=state["h"].index_select(1, index),
+            c=state["c"].index_select(1, index),
+            attention=state["attention"].index_select(0, index),
+        )
+
+    def forward(
+        self,
+        states: torch.Tensor,
+        state_lengths: torch.Tensor,
+        tokens_in: torch.Tensor,
+        token_lengths: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        state = self.init_state(states, state_lengths)
+        embedded = self.embed(tokens_in)  # (B, U, E)
+        logits, weights = [], []
+        for u in range(tokens_in.shape[1]):
+            emb = embedded[:, u]
+            if self.training and self.sampling_rate > 0 and u > 0:
+                sampled = torch.rand(tokens_in.shape[0], device=tokens_in.device) < self.sampling_rate
+                predicted = self.embed(logits[-1].detach().argmax(-1))
+                emb = torch.where(sampled.unsqueeze(-1), predicted, emb)
+            step_logits, state = self._advance(emb, state)
+            logits.append(step_logits)
+            weights.append(state["attention"])
+        return torch.stack(logits, dim=1), torch.stack(weights, dim=1)
+
+
+@hookimpl
+def asr_s2s_register_decoders() -> list[type]:
+    return [AttentionDecoder]
