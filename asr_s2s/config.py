@@ -1,0 +1,144 @@
+"""Experiment configuration: frozen dataclasses read strictly from YAML.
+
+Every unknown key is an error that names its path and the closest known key;
+every value is checked against its field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from asr_s2s.errors import ConfigError, did_you_mean
+from asr_s2s.features import NUM_MEL_BINS, SpecAugmentConfig
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What to build. ``encoder``/``decoder`` are ``{name: PLUGIN, **params}``."""
+
+    encoder: dict[str, Any] = field(default_factory=lambda: {"name": "pblstm"})
+    decoder: dict[str, Any] = field(default_factory=lambda: {"name": "attention"})
+    ctc_weight: float = 0.3  # 0 turns the CTC head off
+    label_smoothing: float = 0.1
+    num_mel_bins: int = NUM_MEL_BINS
+    specaug: SpecAugmentConfig | None = field(default_factory=SpecAugmentConfig)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Learning rate: linear warm-up, then cosine decay to ``final_lr_ratio * lr``."""
+
+    epochs: int = 20
+    lr: float = 1e-3
+    warmup_steps: int = 500
+    final_lr_ratio: float = 0.05
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
+    max_batch_seconds: float = 300.0  # padded audio seconds per batch
+    max_batch_size: int | None = None
+    valid_max_batch_seconds: float = 600.0
+    num_workers: int = 1
+    seed: int = 0
+    log_interval: int = 20  # steps between JSONL log lines
+    tensorboard: bool = False
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How to search. ``scorers`` maps scorer names to weights; ``scorer_params`` to their params."""
+
+    beam_size: int = 10
+    scorers: dict[str, float] = field(default_factory=lambda: {"decoder": 1.0})
+    scorer_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    max_length_ratio: float = 1.0  # max tokens per encoder frame
+    min_length_ratio: float = 0.0
+    length_normalize: bool = False
+    nbest: int = 1
+    batch_seconds: float = 600.0  # padded audio seconds decoded together
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+
+T = typing.TypeVar("T")
+
+
+def from_dict(cls: type[T], raw: Any, where: str = "config") -> T:
+    """Build dataclass ``cls`` from ``raw``, rejecting unknown keys and wrong types."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key {key!r}.{did_you_mean(str(key), names)} Known keys: {', '.join(names)}")
+    values = {key: _convert(hints[key], value, f"{where}.{key}") for key, value in raw.items()}
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(arg, value, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        _, value_type = typing.get_args(hint)
+        return {k: _convert(value_type, v, f"{where}.{k}") for k, v in value.items()}
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float) and isinstance(value, bool) or not isinstance(value, hint):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read an experiment YAML file.
+
+    :raises ConfigError: naming the file and the bad key.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return from_dict(ExperimentConfig, raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain dict of a config dataclass, for YAML."""
+    return dataclasses.asdict(config)
+
+
+def replace_decode(config: ExperimentConfig, **changes: Any) -> ExperimentConfig:
+    """A copy of ``config`` with decode options changed."""
+    return dataclasses.replace(config, decode=dataclasses.replace(config.decode, **changes))

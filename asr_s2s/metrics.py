@@ -1,0 +1,68 @@
+"""Word and character error rates with jiwer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import jiwer
+
+
+@dataclass(frozen=True)
+class ErrorRates:
+    """WER and CER in percent, with the word-level edit counts."""
+
+    wer: float
+    cer: float
+    substitutions: int
+    deletions: int
+    insertions: int
+    words: int
+    characters: int
+    utterances: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> ErrorRates:
+    """Corpus-level error rates of aligned reference/hypothesis lists."""
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    if not references:
+        raise ValueError("no utterances to score")
+    words = jiwer.process_words(list(references), list(hypotheses))
+    chars = jiwer.process_characters(list(references), list(hypotheses))
+    n_words = words.hits + words.substitutions + words.deletions
+    n_chars = chars.hits + chars.substitutions + chars.deletions
+    return ErrorRates(
+        wer=100.0 * words.wer,
+        cer=100.0 * chars.cer,
+        substitutions=words.substitutions,
+        deletions=words.deletions,
+        insertions=words.insertions,
+        words=n_words,
+        characters=n_chars,
+        utterances=len(references),
+    )
+
+
+def alignment_text(utt_id: str, reference: str, hypothesis: str) -> str:
+    """A readable REF/HYP word alignment of one utterance, headed by its id."""
+    output = jiwer.process_words(reference, hypothesis)
+    body = jiwer.visualize_alignment(output, show_measures=False).split("\n", 1)[1].strip("\n")
+    return f"=== {utt_id} (WER {100 * output.wer:.1f}%) ===\n{body}\n"
+
+
+def format_table(rows: Sequence[tuple[str, ErrorRates]]) -> str:
+    """A Markdown table of named results."""
+    lines = [
+        "| set | utts | words | WER % | CER % | sub | del | ins |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in rows:
+        lines.append(
+            f"| {name} | {r.utterances} | {r.words} | {r.wer:.2f} | {r.cer:.2f} | "
+            f"{r.substitutions} | {r.deletions} | {r.insertions} |"
+        )
+    return "\n".join(lines)

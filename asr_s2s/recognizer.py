@@ -1,0 +1,113 @@
+"""Decoding with a trained model: scorers from config, then greedy or beam search."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from tqdm import tqdm
+
+from asr_s2s.config import DecodeConfig
+from asr_s2s.dataset import Batch, SpeechDataset, make_loader
+from asr_s2s.errors import ConfigError
+from asr_s2s.features import fbank
+from asr_s2s.interfaces import Scorer
+from asr_s2s.manifest import Utterance
+from asr_s2s.model import ASRModel
+from asr_s2s.plugins import Registry
+from asr_s2s.search import BeamSearch, Hypothesis, SearchOptions, greedy_search
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """The result for one utterance: best text, its hypotheses, or why it failed."""
+
+    id: str
+    text: str = ""
+    hypotheses: tuple[Hypothesis, ...] = ()
+    error: str | None = None
+    attention: np.ndarray | None = field(default=None, repr=False)  # (U, T') for greedy decoding
+
+
+def build_scorers(model: ASRModel, registry: Registry, weights: Mapping[str, float], params: Mapping[str, Mapping[str, Any]]) -> dict[str, Scorer]:
+    """Build each scorer with a positive weight by name.
+
+    :raises PluginError: for an unknown scorer name. :raises ConfigError: for params of an unused scorer.
+    """
+    for name in params:
+        if name not in weights:
+            raise ConfigError(f"decode.scorer_params: {name!r} has params but no weight in decode.scorers")
+    scorers = {}
+    for name, weight in weights.items():
+        registry.get("scorer", name)  # unknown names fail even at weight 0
+        if weight > 0:
+            scorers[name] = registry.build("scorer", {"name": name, **params.get(name, {})}, f"decode.scorers.{name}", model=model)
+    return scorers
+
+
+class Recognizer:
+    """Decodes feature batches with one model and one set of options."""
+
+    def __init__(self, model: ASRModel, decode: DecodeConfig, registry: Registry, device: str | torch.device = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.decode = decode
+        self.device = torch.device(device)
+        self.options = SearchOptions(
+            beam_size=decode.beam_size, weights=dict(decode.scorers), max_length_ratio=decode.max_length_ratio,
+            min_length_ratio=decode.min_length_ratio, length_normalize=decode.length_normalize, nbest=decode.nbest,
+        )
+        active = {n for n, w in decode.scorers.items() if w > 0}
+        self.greedy = decode.beam_size == 1 and active == {"decoder"} and decode.min_length_ratio == 0
+        scorers = build_scorers(model, registry, decode.scorers, decode.scorer_params)
+        tok = model.tokenizer
+        self.search = None if self.greedy else BeamSearch(scorers, self.options, tok.sos_id, tok.eos_id, model.vocab_size)
+
+    @torch.inference_mode()
+    def decode_features(self, feats: torch.Tensor, lengths: torch.Tensor, ids: Sequence[str]) -> list[Recognition]:
+        """Decode a padded batch of raw features ``(B, T, F)`` with lengths ``(B,)``."""
+        states, state_lengths = self.model.encode(feats.to(self.device), lengths.to(self.device))
+        tok = self.model.tokenizer
+        if self.greedy:
+            hyps, attention = greedy_search(
+                self.model.decoder, states, state_lengths, tok.sos_id, tok.eos_id, self.decode.max_length_ratio
+            )
+            out = []
+            for b, (utt_id, hyp) in enumerate(zip(ids, hyps)):
+                att = attention[b, : len(hyp.tokens) + 1, : int(state_lengths[b])].float().cpu().numpy()
+                out.append(Recognition(utt_id, tok.decode(hyp.tokens), (hyp,), attention=att))
+            return out
+        nbest = self.search(states, state_lengths)
+        return [Recognition(i, tok.decode(h[0].tokens) if h else "", tuple(h)) for i, h in zip(ids, nbest)]
+
+    def decode_batch(self, batch: Batch) -> list[Recognition]:
+        """Decode a :class:`Batch`; its failed items come back with their error."""
+        results = self.decode_features(batch.feats, batch.feat_lengths, batch.ids) if len(batch) else []
+        return results + [Recognition(utt_id, error=reason) for utt_id, reason in batch.failed]
+
+    def decode_utterances(self, utterances: Sequence[Utterance], num_workers: int = 0, progress: bool = True) -> list[Recognition]:
+        """Decode manifest entries in duration-bucketed batches, in manifest order."""
+        dataset = SpeechDataset(utterances, self.model.tokenizer, require_text=False)
+        loader = make_loader(dataset, self.decode.batch_seconds, shuffle=False, num_workers=num_workers)
+        by_id: dict[str, Recognition] = {}
+        with tqdm(total=len(utterances), desc="decoding", unit="utt", disable=not progress) as bar:
+            for batch in loader:
+                for result in self.decode_batch(batch):
+                    by_id[result.id] = result
+                bar.update(len(batch) + len(batch.failed))
+        return [by_id[u.id] for u in utterances]
+
+    def decode_waveforms(self, waveforms: Iterable[tuple[str, np.ndarray]]) -> list[Recognition]:
+        """Decode 16 kHz waveforms ``(S,)`` given as ``(id, samples)`` in one batch."""
+        items = [(i, fbank(w)) for i, w in waveforms]
+        if not items:
+            return []
+        feats = pad_sequence([f for _, f in items], batch_first=True)
+        lengths = torch.tensor([f.shape[0] for _, f in items])
+        return self.decode_features(feats, lengths, [i for i, _ in items])

@@ -1,0 +1,196 @@
+"""Greedy decoding and a beam search batched over utterances x hypotheses.
+
+The beam search adds up weighted scorer plugins. It keeps ``B x K``
+hypotheses in flat tensors of ``N = B * K`` rows; no Python loop runs over
+hypotheses, only over the (rare) ones that end at a step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from asr_s2s.errors import ConfigError
+from asr_s2s.interfaces import Decoder, Scorer
+
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One search result. ``scores`` holds each scorer's unweighted share of ``score``."""
+
+    tokens: tuple[int, ...]  # without <sos>/<eos>
+    score: float
+    scores: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Beam search options; ``weights`` maps scorer names to weights."""
+
+    beam_size: int = 10
+    weights: Mapping[str, float] = field(default_factory=lambda: {"decoder": 1.0})
+    max_length_ratio: float = 1.0
+    min_length_ratio: float = 0.0
+    length_normalize: bool = False
+    nbest: int = 1
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1:
+            raise ConfigError(f"beam size must be at least 1, got {self.beam_size}")
+        if self.nbest < 1 or self.nbest > self.beam_size:
+            raise ConfigError(f"nbest must be between 1 and the beam size ({self.beam_size}), got {self.nbest}")
+        if self.max_length_ratio <= 0 or self.min_length_ratio < 0:
+            raise ConfigError("max_length_ratio must be positive and min_length_ratio non-negative")
+        for name, weight in self.weights.items():
+            if not math.isfinite(weight) or weight < 0:
+                raise ConfigError(f"scorer {name!r}: weight must be a non-negative number, got {weight}")
+
+
+def length_limits(state_lengths: torch.Tensor, options: SearchOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min and max output tokens ``(B,)`` for encoder lengths ``(B,)``."""
+    max_len = (state_lengths.double() * options.max_length_ratio).floor().long().clamp_min(1)
+    min_len = (state_lengths.double() * options.min_length_ratio).floor().long().clamp(max=max_len)
+    return min_len, max_len
+
+
+def _constrain(scores: torch.Tensor, step: int, min_len: torch.Tensor, max_len: torch.Tensor, eos: int) -> torch.Tensor:
+    """Forbid ``<eos>`` before ``min_len`` and everything but ``<eos>`` at ``max_len``. ``scores``: ``(N, V)``."""
+    too_short = (step < min_len).unsqueeze(-1)
+    at_limit = (step >= max_len).unsqueeze(-1)
+    is_eos = torch.zeros_like(scores, dtype=torch.bool)
+    is_eos[:, eos] = True
+    return scores.masked_fill((too_short & is_eos) | (at_limit & ~is_eos), NEG_INF)
+
+
+@torch.inference_mode()
+def greedy_search(
+    decoder: Decoder, states: torch.Tensor, state_lengths: torch.Tensor, sos: int, eos: int, max_length_ratio: float = 1.0
+) -> tuple[list[Hypothesis], torch.Tensor]:
+    """Best token at each step, for a batch.
+
+    :param states: ``(B, T', D)``; :param state_lengths: ``(B,)``.
+    :returns: one hypothesis per utterance, and attention weights ``(B, U, T')``.
+    """
+    batch = states.shape[0]
+    _, max_len = length_limits(state_lengths, SearchOptions(beam_size=1, max_length_ratio=max_length_ratio))
+    state = decoder.init_state(states, state_lengths)
+    last = torch.full((batch,), sos, dtype=torch.long, device=states.device)
+    total = torch.zeros(batch, dtype=torch.float64, device=states.device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=states.device)
+    tokens, weights = [], []
+    for step in range(int(max_len.max()) + 1):
+        logp, state = decoder.step(last, state)
+        logp = _constrain(logp, step, torch.zeros_like(max_len), max_len, eos)
+        best, last = logp.max(-1)
+        total += torch.where(finished, 0.0, best.double())
+        tokens.append(torch.where(finished, eos, last))
+        weights.append(state["attention"] if "attention" in state else states.new_zeros(batch, states.shape[1]))
+        finished |= last == eos
+        if bool(finished.all()):
+            break
+    token_matrix = torch.stack(tokens, 1).tolist()
+    hyps = []
+    for b in range(batch):
+        row = token_matrix[b]
+        seq = tuple(row[: row.index(eos)] if eos in row else row)
+        hyps.append(Hypothesis(seq, float(total[b]), {"decoder": float(total[b])}))
+    return hyps, torch.stack(weights, 1)
+
+
+class BeamSearch:
+    """Beam search over weighted scorers, batched over utterances and hypotheses.
+
+    Each step: every full scorer scores the vocabulary ``(N, V)``; the weighted
+    sum extends the running scores; the best ``2K`` extensions per utterance
+    are taken; those ending in ``<eos>`` among the top ``K`` are finished, and
+    the best ``K`` others continue. An utterance stops once it holds ``K``
+    finished hypotheses or reaches its maximum length.
+    """
+
+    def __init__(self, scorers: Mapping[str, Scorer], options: SearchOptions, sos: int, eos: int, vocab_size: int) -> None:
+        self.scorers = {name: s for name, s in scorers.items() if options.weights.get(name, 0.0) > 0}
+        if not self.scorers:
+            raise ConfigError("beam search needs at least one scorer with a positive weight")
+        partial = [name for name, s in self.scorers.items() if s.partial]
+        if partial:
+            raise ConfigError(f"partial scorers are not supported by this search yet: {', '.join(partial)}")
+        self.weights = {name: float(options.weights[name]) for name in self.scorers}
+        self.options = options
+        self.sos, self.eos, self.vocab_size = sos, eos, vocab_size
+
+    @torch.inference_mode()
+    def __call__(self, states: torch.Tensor, state_lengths: torch.Tensor) -> list[list[Hypothesis]]:
+        """Search a batch.
+
+        :param states: ``(B, T', D)`` encoder states; :param state_lengths: ``(B,)``.
+        :returns: per utterance, up to ``nbest`` hypotheses, best first.
+        """
+        batch, k, vocab, device = states.shape[0], self.options.beam_size, self.vocab_size, states.device
+        n = batch * k
+        min_len, max_len = (t.repeat_interleave(k) for t in length_limits(state_lengths, self.options))
+        memory, memory_lengths = states.repeat_interleave(k, 0), state_lengths.repeat_interleave(k)
+        scorer_states = {name: s.init_state(memory, memory_lengths) for name, s in self.scorers.items()}
+        prefix = torch.full((n, 1), self.sos, dtype=torch.long, device=device)
+        running = torch.full((batch, k), NEG_INF, dtype=torch.float64, device=device)
+        running[:, 0] = 0.0  # all beams start identical: keep one
+        shares = torch.zeros(n, len(self.scorers), dtype=torch.float64, device=device)
+        finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+        done = torch.zeros(batch, dtype=torch.bool, device=device)
+        base = (torch.arange(batch, device=device) * k).unsqueeze(1)  # (B, 1)
+
+        for step in range(int(max_len.max()) + 1):
+            step_scores, new_states = {}, {}
+            for name, scorer in self.scorers.items():
+                step_scores[name], new_states[name] = scorer.score(prefix, scorer_states[name])
+            total = sum(self.weights[name] * s.double() for name, s in step_scores.items())
+            total = _constrain(total, step, min_len, max_len, self.eos)
+            candidates = (running.reshape(n, 1) + total).reshape(batch, k * vocab)
+            top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)  # (B, 2K)
+            source = base + torch.div(top_index, vocab, rounding_mode="floor")  # (B, 2K) flat rows
+            token = top_index % vocab
+            ends = (token == self.eos) & torch.isfinite(top_scores) & ~done.unsqueeze(1)
+            ends[:, k:] = False
+            if bool(ends.any()):
+                self._finish(ends, top_scores, source, prefix, shares, step_scores, new_states, step, finished)
+            # keep the best K extensions that do not end
+            keep_rank = torch.where(token == self.eos, -1, 2 * k - torch.arange(top_index.shape[1], device=device))
+            keep = keep_rank.topk(k, dim=1).indices  # (B, K), in score order
+            running = top_scores.gather(1, keep)
+            rows = source.gather(1, keep).reshape(n)
+            new_tokens = token.gather(1, keep).reshape(n)
+            running = running.masked_fill(torch.gather(token, 1, keep) == self.eos, NEG_INF)
+            shares = shares[rows] + torch.stack(
+                [step_scores[name].double()[rows, new_tokens] for name in self.scorers], dim=1
+            )
+            prefix = torch.cat([prefix[rows], new_tokens.unsqueeze(1)], dim=1)
+            scorer_states = {name: s.select(new_states[name], rows, new_tokens) for name, s in self.scorers.items()}
+            done |= torch.tensor([len(f) >= k for f in finished], device=device)
+            done |= step >= max_len.view(batch, k)[:, 0]
+            if bool(done.all()):
+                break
+        return [sorted(f, key=lambda h: -h.score)[: self.options.nbest] for f in finished]
+
+    def _finish(self, ends, top_scores, source, prefix, shares, step_scores, new_states, step, finished) -> None:
+        """Move hypotheses that chose ``<eos>`` to ``finished``."""
+        rows = source[ends]
+        scores = top_scores[ends]
+        row_shares = shares[rows] + torch.stack([step_scores[name].double()[rows, self.eos] for name in self.scorers], 1)
+        for i, (name, scorer) in enumerate(self.scorers.items()):
+            extra = scorer.final_score(new_states[name])
+            if extra is not None:
+                extra = extra.double()[rows]
+                scores = scores + self.weights[name] * extra
+                row_shares[:, i] += extra
+        if self.options.length_normalize:
+            scores = scores / (step + 1)
+        utterances = ends.nonzero()[:, 0].tolist()
+        token_rows = prefix[rows, 1:].tolist()
+        names = list(self.scorers)
+        for utt, tokens, score, share in zip(utterances, token_rows, scores.tolist(), row_shares.tolist()):
+            if len(finished[utt]) < self.options.beam_size:
+                finished[utt].append(Hypothesis(tuple(tokens), score, dict(zip(names, share))))
