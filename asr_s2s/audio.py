@@ -62,14 +62,24 @@ def _decode(source: str | os.PathLike | bytes, label: str) -> tuple[np.ndarray, 
         raise AudioLoadError(f"{label}: no audio data (0 bytes)")
     handle = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        data, rate = soundfile.read(handle, dtype="float32", always_2d=False)
-        return data, int(rate)
-    except soundfile.LibsndfileError as sf_error:
+        stream = soundfile.SoundFile(handle)
+    except (soundfile.LibsndfileError, RuntimeError) as open_error:
         if isinstance(source, bytes):
-            raise AudioLoadError(f"{label}: not a readable audio file ({sf_error})") from None
-        fallback_error: Exception = sf_error
-    except RuntimeError as sf_error:  # truncated or corrupt streams
-        raise AudioLoadError(f"{label}: corrupt or truncated audio ({sf_error})") from None
+            raise AudioLoadError(f"{label}: not a readable audio file ({open_error})") from None
+        return _decode_with_ffmpeg(source, label, open_error)
+    with stream:
+        expected, rate = stream.frames, stream.samplerate
+        try:
+            data = stream.read(dtype="float32", always_2d=False)
+        except (soundfile.LibsndfileError, RuntimeError) as exc:
+            raise AudioLoadError(f"{label}: corrupt or truncated {stream.format} audio ({exc})") from None
+    if len(data) < expected:
+        raise AudioLoadError(f"{label}: truncated audio: the header promises {expected} samples, {len(data)} decoded")
+    return data, int(rate)
+
+
+def _decode_with_ffmpeg(source: str | os.PathLike, label: str, open_error: Exception) -> tuple[np.ndarray, int]:
+    """Formats libsndfile cannot open (m4a, aac, ...) via librosa's audioread/ffmpeg backend."""
     try:
         import librosa
 
@@ -78,7 +88,7 @@ def _decode(source: str | os.PathLike | bytes, label: str) -> tuple[np.ndarray, 
             data, rate = librosa.load(source, sr=None, mono=True, dtype=np.float32)
     except Exception as exc:  # noqa: BLE001 - any decoder failure means unreadable audio
         raise AudioLoadError(
-            f"{label}: not a readable audio file (libsndfile: {fallback_error}; ffmpeg: {type(exc).__name__})"
+            f"{label}: not a readable audio file (libsndfile: {open_error}; ffmpeg: {type(exc).__name__})"
         ) from None
     if data.size == 0:
         raise AudioLoadError(f"{label}: decoded to no samples")

@@ -120,8 +120,9 @@ def cmd_train(args) -> int:
     torch.set_num_threads(args.threads) if args.threads else None
     registry = _registry(args)
     tokenizer = CharTokenizer()
-    train_set = SpeechDataset(read_manifest(args.train_manifest), tokenizer)
-    valid_set = SpeechDataset(read_manifest(args.valid_manifest), tokenizer)
+    cache = config.train.feature_cache
+    train_set = SpeechDataset(read_manifest(args.train_manifest), tokenizer, cache=cache)
+    valid_set = SpeechDataset(read_manifest(args.valid_manifest), tokenizer, cache=cache)
     seed_everything(config.train.seed)
     model = ASRModel(config.model, tokenizer, CMVNStats.load(args.cmvn), registry)
     n_params = sum(p.numel() for p in model.parameters())

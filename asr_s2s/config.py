@@ -7,6 +7,7 @@ every value is checked against its field's type.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class TrainConfig:
     max_batch_size: int | None = None
     valid_max_batch_seconds: float = 600.0
     num_workers: int = 1
+    feature_cache: bool = False  # keep features in memory after the first epoch (small corpora)
     seed: int = 0
     log_interval: int = 20  # steps between JSONL log lines
     tensorboard: bool = False
@@ -72,6 +74,7 @@ class ExperimentConfig:
 
 
 T = typing.TypeVar("T")
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def from_dict(cls: type[T], raw: Any, where: str = "config") -> T:
@@ -111,6 +114,8 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
     if hint in (int, float) and isinstance(value, bool) or not isinstance(value, hint):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
     return value

@@ -50,7 +50,8 @@ def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> ErrorRa
 def alignment_text(utt_id: str, reference: str, hypothesis: str) -> str:
     """A readable REF/HYP word alignment of one utterance, headed by its id."""
     output = jiwer.process_words(reference, hypothesis)
-    body = jiwer.visualize_alignment(output, show_measures=False).split("\n", 1)[1].strip("\n")
+    shown = jiwer.visualize_alignment(output, show_measures=False, skip_correct=False)
+    body = shown.split("\n", 1)[1].strip("\n")  # drop jiwer's "=== SENTENCE 1 ===" header
     return f"=== {utt_id} (WER {100 * output.wer:.1f}%) ===\n{body}\n"
 
 

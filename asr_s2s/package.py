@@ -88,6 +88,8 @@ def load_package(path: str | os.PathLike, registry: Registry | None = None) -> t
         raise ModelPackageError(f"{path}: not a model package; missing {', '.join(missing)}")
     try:
         raw = yaml.safe_load((path / "config.yaml").read_text())
+        if not isinstance(raw, dict):
+            raise ConfigError(f"expected a mapping, got {type(raw).__name__}")
         version = raw.pop("format_version", None)
         if version != FORMAT_VERSION:
             raise ModelPackageError(f"{path / 'config.yaml'}: format_version {version!r}; this asr-s2s reads {FORMAT_VERSION}")

@@ -80,7 +80,15 @@ def get_plugin_manager(
         _load_entry_points(pm, blocked)
     for plugin in extra_plugins:
         pm.register(plugin)
-    pm.check_pending()
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        name = pm.get_name(exc.plugin) or repr(exc.plugin)
+        raise PluginError(
+            f"plugin {name!r} ({pm.distribution_of(exc.plugin)}) is invalid: {exc}. "
+            f"Known hooks: {', '.join(sorted(h for h in dir(hookspecs) if h.startswith('asr_s2s_')))}. "
+            f"Disable it with --disable-plugin {name}."
+        ) from None
     return pm
 
 

@@ -34,8 +34,8 @@ def normalize_text(text: str) -> str:
     text = text.translate(_APOSTROPHES).upper()
     text = _SEPARATORS.sub(" ", text)
     text = _PUNCTUATION.sub("", text)
-    words = [w.strip("'") if w.strip("'") else w for w in _SPACES.split(text.strip())]
-    return " ".join(w for w in words if w and w != "'")
+    words = (w.strip("'") for w in _SPACES.split(text.strip()))  # quotes, not contractions
+    return " ".join(w for w in words if w)
 
 
 class CharTokenizer:

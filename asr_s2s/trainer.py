@@ -86,6 +86,16 @@ def count_ctc_infeasible(dataset: SpeechDataset, model: ASRModel) -> int:
     return len(bad)
 
 
+def _numpy_rng_state() -> dict:
+    """numpy's global RNG state as tensors and numbers (loadable with ``weights_only``)."""
+    kind, key, pos, has_gauss, cached = np.random.get_state()
+    return {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _set_numpy_rng_state(state: dict) -> None:
+    np.random.set_state(("MT19937", state["key"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["cached"]))
+
+
 class Trainer:
     """Runs epochs, validates, logs and checkpoints. ``fit(resume=True)`` continues a run."""
 
@@ -132,7 +142,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "torch_rng": torch.get_rng_state(),
-            "numpy_rng": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+            "numpy_rng": _numpy_rng_state(),
             "python_rng": list(random.getstate()[1]),
             "train_config": asdict(self.config),
         }
@@ -154,7 +164,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(("MT19937", state["numpy_rng"].numpy().astype(np.uint32), 624, 0, 0.0))
+        _set_numpy_rng_state(state["numpy_rng"])
         random.setstate((3, tuple(state["python_rng"]), None))
         log.info("resumed from %s (epoch %d, step %d)", path, self.epoch, self.step)
 
@@ -198,14 +208,14 @@ class Trainer:
             self.step += 1
             batches += 1
             total_loss += out.loss.item()
-            audio_s += float(batch.feat_lengths.sum()) / 100.0
-            bar.set_postfix(loss=f"{out.loss.item():.3f}", acc=f"{float(out.accuracy):.2f}")
+            audio_s += batch.audio_seconds
+            bar.set_postfix(loss=f"{out.loss.item():.3f}", acc=f"{out.accuracy.item():.2f}")
             if self.step % self.config.log_interval == 0:
                 self._log({
                     "kind": "step", "step": self.step, "epoch": self.epoch + 1, "loss": out.loss.item(),
-                    "attention_loss": float(out.attention_loss),
-                    "ctc_loss": None if out.ctc_loss is None else float(out.ctc_loss),
-                    "accuracy": float(out.accuracy), "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
+                    "attention_loss": out.attention_loss.item(),
+                    "ctc_loss": None if out.ctc_loss is None else out.ctc_loss.item(),
+                    "accuracy": out.accuracy.item(), "grad_norm": grad_norm.item(), "lr": self.scheduler.get_last_lr()[0],
                 })
         bar.close()
         self.epoch += 1

@@ -8,7 +8,7 @@ from torch import nn
 
 from asr_s2s.hookspecs import hookimpl
 from asr_s2s.interfaces import Encoder
-from asr_s2s_plugins.blstm import MaskedBLSTM
+from asr_s2s_plugins.blstm import MaskedBLSTM, length_mask
 
 
 def pyramid_join(x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +70,7 @@ class PyramidalBLSTMEncoder(Encoder):
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:param feats: ``(B, T, F)``. :returns: ``(B, ceil(T / 2**pyramid_layers), 2H)`` and lengths ``(B,)``."""
-        x = feats
+        x = feats * length_mask(lengths, feats.shape[1]).unsqueeze(-1).to(feats.dtype)
         for i, layer in enumerate(self.layers):
             if i >= self.base_layers:
                 x, lengths = pyramid_join(x, lengths)
