@@ -1,0 +1,243 @@
+"""Shared fixtures: the LibriSpeech-layout fixture corpus, CMVN, tiny models.
+
+Expensive things (reading audio, training the tiny model) happen once per
+session. Session-scoped models are shared: tests must treat them as read-only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+from asr_s2s.config import ExperimentConfig, ModelConfig, load_config
+from asr_s2s.dataset import Batch, SpeechDataset, collate
+from asr_s2s.features import CMVNStats
+from asr_s2s.manifest import Utterance, read_librispeech_dir
+from asr_s2s.model import ASRModel
+from asr_s2s.plugins import DISABLE_AUTOLOAD_ENV, DISABLE_PLUGINS_ENV, Registry
+from asr_s2s.search import greedy_search
+from asr_s2s.tokenizer import CharTokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE_DIR = REPO / "data" / "fixtures" / "LibriSpeech" / "test-fixture"
+TINY_YAML = Path(__file__).resolve().parent / "conf" / "tiny.yaml"
+
+# Tiny models run fastest on one thread, and far faster than with 2 threads when other
+# processes share the machine's 2 cores (OpenMP spin-waits then dominate each small op).
+torch.set_num_threads(1)
+
+# Under a loaded 2-core machine, wall-clock deadlines only make property tests flaky.
+settings.register_profile("asr", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("asr")
+
+OVERFIT_MAX_STEPS = 300
+OVERFIT_CHECK_EVERY = 10
+
+
+@pytest.fixture(autouse=True)
+def _clean_plugin_env(monkeypatch):
+    """No test sees plugin switches set by the environment that runs the suite."""
+    monkeypatch.delenv(DISABLE_AUTOLOAD_ENV, raising=False)
+    monkeypatch.delenv(DISABLE_PLUGINS_ENV, raising=False)
+
+
+# -- data -------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def fixture_utterances() -> list[Utterance]:
+    utts = read_librispeech_dir(FIXTURE_DIR, progress=False)
+    assert len(utts) == 8
+    return utts
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> CharTokenizer:
+    return CharTokenizer()
+
+
+@pytest.fixture(scope="session")
+def fixture_dataset(fixture_utterances, tokenizer) -> SpeechDataset:
+    return SpeechDataset(fixture_utterances, tokenizer)
+
+
+@pytest.fixture(scope="session")
+def fixture_examples(fixture_dataset):
+    """Loaded examples (features and tokens) of all 8 fixture utterances, in corpus order."""
+    return [fixture_dataset[i] for i in range(len(fixture_dataset))]
+
+
+@pytest.fixture(scope="session")
+def fixture_batch(fixture_examples) -> Batch:
+    batch = collate(fixture_examples)
+    assert not batch.failed
+    return batch
+
+
+@pytest.fixture(scope="session")
+def cmvn(fixture_examples) -> CMVNStats:
+    return CMVNStats.accumulate(e.feats for e in fixture_examples)
+
+
+# -- components -------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def registry() -> Registry:
+    return Registry()
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> ExperimentConfig:
+    return load_config(TINY_YAML)
+
+
+@pytest.fixture(scope="session")
+def make_model(tiny_config, tokenizer, cmvn, registry):
+    """Build a seeded tiny model (eval mode); keyword args replace ModelConfig fields."""
+
+    def make(seed: int = 0, **changes) -> ASRModel:
+        config: ModelConfig = dataclasses.replace(tiny_config.model, **changes)
+        torch.manual_seed(seed)
+        return ASRModel(config, tokenizer, cmvn, registry).eval()
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def random_model(make_model) -> ASRModel:
+    """An untrained tiny model. Read-only."""
+    return make_model(seed=0)
+
+
+def greedy_texts(model: ASRModel, batch: Batch) -> list[str]:
+    model.eval()
+    with torch.inference_mode():
+        states, lengths = model.encode(batch.feats, batch.feat_lengths)
+        hyps, _ = greedy_search(model.decoder, states, lengths, model.tokenizer.sos_id, model.tokenizer.eos_id)
+    return [model.tokenizer.decode(h.tokens) for h in hyps]
+
+
+@dataclasses.dataclass
+class Overfit:
+    model: ASRModel
+    steps: int
+    texts: list[str]  # greedy output after training, fixture-batch order
+    references: list[str]
+
+
+@pytest.fixture(scope="session")
+def overfit(make_model, fixture_batch) -> Overfit:
+    """The tiny model trained on all 8 fixture utterances until greedy decoding matches.
+
+    A plain loop over one full batch (Adam, lr 3e-3, clipped gradients); it
+    stops once every greedy transcript equals its reference, or after
+    ``OVERFIT_MAX_STEPS`` steps. Read-only for tests.
+    """
+    model = make_model(seed=0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    b = fixture_batch
+    texts: list[str] = []
+    steps = 0
+    while steps < OVERFIT_MAX_STEPS:
+        model.train()
+        for _ in range(OVERFIT_CHECK_EVERY):
+            out = model(b.feats, b.feat_lengths, b.tokens, b.token_lengths)
+            optimizer.zero_grad()
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            steps += 1
+        texts = greedy_texts(model, b)
+        if texts == list(b.texts):
+            break
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return Overfit(model, steps, texts, list(b.texts))
+
+
+@pytest.fixture(scope="session")
+def trained_model(overfit) -> ASRModel:
+    return overfit.model
+
+
+@pytest.fixture(scope="session")
+def random_package(random_model, tiny_config, registry, tmp_path_factory) -> Path:
+    """The untrained tiny model as a package: its transcripts are garbage, never exact. Read-only."""
+    from asr_s2s.package import save_package
+
+    return save_package(random_model, tiny_config.decode, tmp_path_factory.mktemp("pkg") / "model", registry)
+
+
+@pytest.fixture(scope="session")
+def trained_package(overfit, tiny_config, registry, tmp_path_factory) -> Path:
+    """The overfit model saved as a model package (beam 4, decoder + length_bonus 0). Read-only."""
+    from asr_s2s.package import save_package
+
+    return save_package(overfit.model, tiny_config.decode, tmp_path_factory.mktemp("pkg") / "model", registry)
+
+
+# -- third-party plugins installed through entry points -----------------------------
+def install_plugin(
+    site: Path, monkeypatch, module: str, source: str, dist: str = "thirdparty-asr", version: str = "0.1",
+    entry_point: str | None = None,
+) -> None:
+    """Write ``module.py`` and a ``.dist-info`` declaring it under group ``asr_s2s``, then put ``site`` on sys.path.
+
+    This is exactly what pip leaves behind for an installed wheel, so
+    ``importlib.metadata`` finds the entry point like any other.
+    """
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[asr_s2s]\n{entry_point or module} = {module}\n")
+    if str(site) not in sys.path:
+        monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    sys.modules.pop(module, None)
+    _IMPORTED_BY_TESTS.add(module)  # forgotten again after the test
+
+
+_IMPORTED_BY_TESTS: set[str] = set()
+
+
+@pytest.fixture(autouse=True)
+def _forget_test_plugin_modules():
+    yield
+    for module in list(_IMPORTED_BY_TESTS):
+        sys.modules.pop(module, None)
+    _IMPORTED_BY_TESTS.clear()
+
+
+@pytest.fixture
+def run_cli(capsys, caplog):
+    """Run ``asr_s2s.cli.main(argv)`` in-process; returns (exit code, stdout, stderr + log records).
+
+    Under pytest, log records reach pytest's handler rather than stderr, so
+    they are appended to the returned stderr text (tests that check the real
+    stream separation run the console script in a subprocess).
+    """
+    from asr_s2s.cli import main
+
+    def run(*argv) -> tuple[int, str, str]:
+        capsys.readouterr()
+        caplog.clear()
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:  # argparse errors and --help
+            code = exc.code
+        out, err = capsys.readouterr()
+        return code, out, err + caplog.text
+
+    return run
+
+
+def pytest_report_header(config):
+    return f"torch {torch.__version__}, {torch.get_num_threads()} threads, fixture corpus {FIXTURE_DIR}"
+

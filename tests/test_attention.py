@@ -1,0 +1,117 @@
+"""asr_s2s_plugins.attention: the LAS speller, teacher forced and step by step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asr_s2s_plugins.attention import Attention, AttentionDecoder
+from asr_s2s_plugins.blstm import length_mask
+
+V, D = 12, 10
+
+
+def _decoder(attention_type: str = "location", **kwargs) -> AttentionDecoder:
+    torch.manual_seed(0)
+    params = dict(hidden_size=16, embed_dim=8, attention_dim=12, conv_channels=3, conv_kernel=5, dropout=0.0)
+    params.update(kwargs)
+    return AttentionDecoder(D, V, sos_id=1, attention_type=attention_type, **params).eval()
+
+
+def _memory(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.tensor(lengths)
+    states = torch.randn(len(lengths), max(lengths), D, generator=g) * length_mask(lens, max(lengths)).unsqueeze(-1)
+    return states, lens
+
+
+def _tokens(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(2, V, (batch, length), generator=g)
+    tokens[:, 0] = 1
+    return tokens
+
+
+@pytest.mark.parametrize("kind", ["location", "content"])
+def test_teacher_forced_shapes_and_attention_weights(kind):
+    decoder = _decoder(kind)
+    states, lens = _memory([7, 4, 9])
+    tokens = _tokens(3, 6)
+    logits, weights = decoder(states, lens, tokens)
+    assert logits.shape == (3, 6, V) and weights.shape == (3, 6, 9)
+    mask = length_mask(lens, 9).unsqueeze(1).expand_as(weights)
+    assert torch.all(weights[~mask] == 0), "no attention on padding"
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 6))
+
+
+@pytest.mark.parametrize(("kind", "layers"), [("location", 1), ("content", 1), ("location", 2)])
+def test_step_by_step_equals_teacher_forcing(kind, layers):
+    decoder = _decoder(kind, num_layers=layers)
+    states, lens = _memory([7, 4, 9])
+    tokens = _tokens(3, 6)
+    logits, weights = decoder(states, lens, tokens)
+    state = decoder.init_state(states, lens)
+    for u in range(tokens.shape[1]):
+        logp, state = decoder.step(tokens[:, u], state)
+        torch.testing.assert_close(logp, torch.log_softmax(logits[:, u], -1), atol=1e-5, rtol=0)
+        torch.testing.assert_close(state["attention"], weights[:, u], atol=1e-6, rtol=0)
+
+
+def test_select_gathers_hypotheses():
+    """Rows are hypotheses of one utterance (select keeps per-utterance memory as it is)."""
+    decoder = _decoder()
+    one, one_len = _memory([6])
+    states, lens = one.expand(4, -1, -1), one_len.expand(4)
+    state = decoder.init_state(states, lens)
+    _, state = decoder.step(torch.tensor([1, 2, 3, 4]), state)
+    index = torch.tensor([2, 2, 0, 1])
+    chosen = decoder.select(state, index)
+    next_tokens = torch.tensor([5, 6, 7, 8])
+    logp_selected, _ = decoder.step(next_tokens, chosen)
+    # the same as having run rows 2, 2, 0, 1 from the start
+    fresh = decoder.init_state(states[index], lens[index])
+    _, fresh = decoder.step(torch.tensor([1, 2, 3, 4])[index], fresh)
+    logp_fresh, _ = decoder.step(next_tokens, fresh)
+    torch.testing.assert_close(logp_selected, logp_fresh, atol=1e-6, rtol=0)
+
+
+def test_decoding_is_padding_invariant():
+    decoder = _decoder()
+    states, lens = _memory([5, 11, 8])
+    tokens = _tokens(3, 7)
+    batched, _ = decoder(states, lens, tokens)
+    for b, n in enumerate(lens.tolist()):
+        alone, _ = decoder(states[b : b + 1, :n], lens[b : b + 1], tokens[b : b + 1])
+        torch.testing.assert_close(batched[b], alone[0], atol=1e-5, rtol=0)
+
+
+def test_attention_module_context_is_weighted_memory():
+    torch.manual_seed(0)
+    attention = Attention(memory_dim=D, query_dim=4, attention_dim=6, conv_channels=2, conv_kernel=3)
+    states, lens = _memory([5, 3])
+    mask = length_mask(lens, 5)
+    previous = mask.float() / mask.sum(-1, keepdim=True)
+    context, weights = attention(states, attention.project_memory(states), mask, torch.randn(2, 4), previous)
+    torch.testing.assert_close(context, torch.einsum("nt,ntd->nd", weights, states))
+    assert torch.all(weights[~mask] == 0) and torch.all(weights[mask] > 0)
+
+
+def test_scheduled_sampling_only_while_training():
+    tokens = _tokens(2, 8)
+    states, lens = _memory([6, 9])
+    plain = _decoder()
+    sampled = _decoder(sampling_rate=1.0)
+    sampled.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(sampled(states, lens, tokens)[0], plain(states, lens, tokens)[0])
+    sampled.train()
+    plain.train()
+    assert not torch.allclose(sampled(states, lens, tokens)[0], plain(states, lens, tokens)[0])
+
+
+def test_invalid_params():
+    with pytest.raises(ValueError, match="conv_kernel must be odd"):
+        _decoder(conv_kernel=4)
+    with pytest.raises(ValueError, match="attention_type"):
+        _decoder("dot")
+    with pytest.raises(ValueError, match="sampling_rate"):
+        _decoder(sampling_rate=1.5)

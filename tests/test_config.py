@@ -1,0 +1,138 @@
+"""asr_s2s.config: strict YAML configs; a bad key or value is named with its path."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from asr_s2s.config import (
+    DecodeConfig,
+    ExperimentConfig,
+    ModelConfig,
+    TrainConfig,
+    from_dict,
+    load_config,
+    replace_decode,
+    to_dict,
+)
+from asr_s2s.errors import ConfigError
+from asr_s2s.features import SpecAugmentConfig
+
+from conftest import REPO
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_tiny_config_loads(tiny_config):
+    assert tiny_config.model.encoder == {
+        "name": "pblstm", "hidden_size": 48, "base_layers": 1, "pyramid_layers": 2, "dropout": 0.0,
+    }
+    assert tiny_config.model.specaug is None
+    assert tiny_config.train.epochs == 2 and tiny_config.train.lr == 0.003
+    assert tiny_config.train.warmup_steps == 5 and tiny_config.train.final_lr_ratio == TrainConfig().final_lr_ratio
+    assert tiny_config.train.max_batch_seconds == 20.0 and isinstance(tiny_config.train.max_batch_seconds, float)
+    assert tiny_config.decode.scorers == {"decoder": 1.0, "length_bonus": 0.0}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*/conf/*.yaml")), ids=lambda p: p.name)
+def test_recipe_configs_load(path):
+    assert isinstance(load_config(path), ExperimentConfig)
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    assert load_config(_write(tmp_path, "")) == ExperimentConfig()
+
+
+def test_nested_sections(tmp_path):
+    cfg = load_config(_write(tmp_path, "model:\n  specaug: {freq_masks: 1, time_mask_frames: 10}\ntrain: {max_batch_size: 4}\n"))
+    assert cfg.model.specaug == SpecAugmentConfig(freq_masks=1, time_mask_frames=10)
+    assert cfg.train.max_batch_size == 4
+    cfg = load_config(_write(tmp_path, "train: {max_batch_size: null, lr: 1}\n"))
+    assert cfg.train.max_batch_size is None and cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("trian: {epochs: 1}\n", ["unknown key 'trian'", "Did you mean 'train'"]),
+        ("train: {epoch: 3}\n", ["config.train", "unknown key 'epoch'", "Did you mean 'epochs'"]),
+        ("model: {encodr: {name: pblstm}}\n", ["config.model", "'encodr'", "'encoder'"]),
+        ("model: {specaug: {freq_mask: 2}}\n", ["config.model.specaug", "'freq_mask'", "'freq_masks'"]),
+        ("decode: {beam: 3}\n", ["config.decode", "'beam'", "'beam_size'"]),
+        ("train: {zzz: 3}\n", ["unknown key 'zzz'", "Known keys:", "epochs"]),
+    ],
+)
+def test_unknown_keys_are_named_with_path_and_suggestion(tmp_path, text, fragments):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("train: {epochs: ten}\n", ["config.train.epochs", "expected int", "'ten'"]),
+        ("train: {epochs: 2.5}\n", ["config.train.epochs", "expected int"]),
+        ("train: {epochs: true}\n", ["config.train.epochs", "expected int"]),
+        ("train: {lr: fast}\n", ["config.train.lr", "expected float"]),
+        ("train: {tensorboard: 1}\n", ["config.train.tensorboard", "expected bool"]),
+        ("model: {ctc_weight: [0.3]}\n", ["config.model.ctc_weight", "expected float"]),
+        ("model: {encoder: pblstm}\n", ["config.model.encoder", "expected a mapping"]),
+        ("decode: {scorers: {decoder: high}}\n", ["config.decode.scorers.decoder", "expected float"]),
+        ("model: [1, 2]\n", ["config.model", "expected a mapping"]),
+        ("model: {specaug: {freq_masks: two}}\n", ["config.model.specaug.freq_masks", "expected int"]),
+    ],
+)
+def test_wrong_types_are_named(tmp_path, text, fragments):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(_write(tmp_path, "- a\n- b\n"))
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
+    path = _write(tmp_path, "model: {encoder: [\n")
+    with pytest.raises(ConfigError, match=f"{path}: not valid YAML"):
+        load_config(path)
+
+
+def test_scientific_notation_floats(tmp_path):
+    assert load_config(_write(tmp_path, "train: {lr: 1e-3}\n")).train.lr == pytest.approx(1e-3)
+
+
+def test_to_dict_round_trip(tiny_config):
+    assert from_dict(ExperimentConfig, to_dict(tiny_config)) == tiny_config
+    default = ExperimentConfig()
+    assert from_dict(ExperimentConfig, to_dict(default)) == default
+
+
+def test_replace_decode_keeps_the_rest(tiny_config):
+    changed = replace_decode(tiny_config, beam_size=1)
+    assert changed.decode.beam_size == 1 and changed.decode.scorers == tiny_config.decode.scorers
+    assert changed.model == tiny_config.model and changed.train == tiny_config.train
+
+
+def test_configs_are_frozen():
+    for cls in (ModelConfig, TrainConfig, DecodeConfig, ExperimentConfig):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(cls(), dataclasses.fields(cls)[0].name, None)
+

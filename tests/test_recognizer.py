@@ -1,0 +1,79 @@
+"""asr_s2s.recognizer: scorers from config, greedy or beam search, batches of files."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from asr_s2s.audio import load_audio
+from asr_s2s.config import DecodeConfig
+from asr_s2s.errors import ConfigError, PluginError
+from asr_s2s.recognizer import Recognizer, build_scorers
+from asr_s2s.tokenizer import normalize_text
+
+
+def _recognizer(model, registry, **decode) -> Recognizer:
+    return Recognizer(model, DecodeConfig(**decode), registry)
+
+
+def test_build_scorers(random_model, registry):
+    scorers = build_scorers(random_model, registry, {"decoder": 1.0, "length_bonus": 0.0}, {})
+    assert list(scorers) == ["decoder"]
+    with pytest.raises(PluginError, match="unknown scorer 'ctc'.*Known scorers: decoder, length_bonus"):
+        build_scorers(random_model, registry, {"decoder": 1.0, "ctc": 0.0}, {})
+    with pytest.raises(ConfigError, match="'length_bonus' has params but no weight"):
+        build_scorers(random_model, registry, {"decoder": 1.0}, {"length_bonus": {}})
+
+
+def test_greedy_is_used_only_for_beam_one_with_the_decoder_alone(random_model, registry):
+    assert _recognizer(random_model, registry, beam_size=1).greedy
+    assert _recognizer(random_model, registry, beam_size=1, scorers={"decoder": 1.0, "length_bonus": 0.0}).greedy
+    assert not _recognizer(random_model, registry, beam_size=2).greedy
+    assert not _recognizer(random_model, registry, beam_size=1, scorers={"decoder": 1.0, "length_bonus": 0.5}).greedy
+    assert not _recognizer(random_model, registry, beam_size=1, min_length_ratio=0.1).greedy
+
+
+@pytest.mark.parametrize("model_name", ["random_model", "trained_model"])
+def test_greedy_and_beam_one_paths_agree(request, registry, fixture_batch, model_name):
+    model = request.getfixturevalue(model_name)
+    greedy = _recognizer(model, registry, beam_size=1).decode_batch(fixture_batch)
+    # a zero min-length ratio that is not exactly 0 forces the beam-search path at beam 1
+    beam = _recognizer(model, registry, beam_size=1, min_length_ratio=1e-9).decode_batch(fixture_batch)
+    assert [r.text for r in greedy] == [r.text for r in beam]
+    for g, b in zip(greedy, beam):
+        assert g.hypotheses[0].score == pytest.approx(b.hypotheses[0].score, abs=1e-4)
+        assert g.attention is not None and g.attention.shape[0] == len(g.hypotheses[0].tokens) + 1
+        assert np.allclose(g.attention.sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_waveforms_decode_the_same_alone_and_together(trained_model, registry, fixture_utterances, beam_size):
+    recognizer = _recognizer(trained_model, registry, beam_size=beam_size, nbest=beam_size)
+    waves = [(u.id, load_audio(u.audio)) for u in fixture_utterances]
+    together = recognizer.decode_waveforms(waves)
+    assert [r.id for r in together] == [u.id for u in fixture_utterances]
+    for wave, result in zip(waves, together):
+        (alone,) = recognizer.decode_waveforms([wave])
+        assert alone.text == result.text
+        assert [h.tokens for h in alone.hypotheses] == [h.tokens for h in result.hypotheses]
+        for a, b in zip(alone.hypotheses, result.hypotheses):
+            assert a.score == pytest.approx(b.score, abs=1e-4)
+
+
+def test_decode_utterances_keeps_manifest_order_and_reports_failures(trained_model, registry, fixture_utterances, tmp_path):
+    missing = dataclasses.replace(fixture_utterances[0], id="missing", audio=str(tmp_path / "missing.flac"))
+    utterances = [fixture_utterances[5], missing, *fixture_utterances[:3]]
+    recognizer = _recognizer(trained_model, registry, beam_size=1, batch_seconds=100.0)
+    results = recognizer.decode_utterances(utterances, progress=False)
+    assert [r.id for r in results] == [u.id for u in utterances]
+    assert results[1].error is not None and "missing.flac" in results[1].error and results[1].text == ""
+    for utt, result in zip(utterances, results):
+        if result.id != "missing":
+            assert result.error is None
+            assert result.text == normalize_text(utt.text), "the overfit model reproduces its training transcripts"
+
+
+def test_empty_waveform_list(random_model, registry):
+    assert _recognizer(random_model, registry).decode_waveforms([]) == []

@@ -1,0 +1,188 @@
+"""asr_s2s.search: greedy decoding and the batched beam search over weighted scorers.
+
+Every check runs on two tiny models: an untrained one (which tends to run to
+the length limit) and the one overfit on the fixture utterances (which ends
+its hypotheses with <eos>).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from asr_s2s.errors import ConfigError
+from asr_s2s.recognizer import build_scorers
+from asr_s2s.search import BeamSearch, Hypothesis, SearchOptions, greedy_search, length_limits
+
+
+@pytest.fixture(params=["random_model", "trained_model"])
+def model(request):
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def encoded(model, fixture_batch):
+    with torch.inference_mode():
+        return model.encode(fixture_batch.feats, fixture_batch.feat_lengths)
+
+
+def _search(model, registry, weights, **options) -> BeamSearch:
+    tok = model.tokenizer
+    scorers = build_scorers(model, registry, weights, {})
+    return BeamSearch(scorers, SearchOptions(weights=weights, **options), tok.sos_id, tok.eos_id, model.vocab_size)
+
+
+def _greedy(model, states, lengths, **kwargs) -> list[Hypothesis]:
+    tok = model.tokenizer
+    return greedy_search(model.decoder, states, lengths, tok.sos_id, tok.eos_id, **kwargs)[0]
+
+
+@torch.inference_mode()
+def _teacher_forced_logprob(model, states, length, tokens) -> float:
+    """log P(tokens + <eos> | utterance) by the decoder, teacher forced."""
+    eos = model.tokenizer.eos_id
+    tokens_in = torch.tensor([[model.tokenizer.sos_id, *tokens]])
+    logits, _ = model.decoder(states[None, :length], torch.tensor([length]), tokens_in)
+    logp = torch.log_softmax(logits[0].double(), -1)
+    targets = [*tokens, eos]
+    return float(sum(logp[i, t] for i, t in enumerate(targets)))
+
+
+def _assert_same_hyps(a: list[Hypothesis], b: list[Hypothesis], atol: float = 1e-4) -> None:
+    assert [h.tokens for h in a] == [h.tokens for h in b]
+    for x, y in zip(a, b):
+        assert x.score == pytest.approx(y.score, abs=atol)
+
+
+# -- must-haves ---------------------------------------------------------------------------------
+def test_beam_size_one_with_decoder_alone_equals_greedy(model, registry, encoded):
+    states, lengths = encoded
+    greedy = _greedy(model, states, lengths)
+    beam = _search(model, registry, {"decoder": 1.0}, beam_size=1)(states, lengths)
+    assert all(len(n) == 1 for n in beam)
+    _assert_same_hyps([n[0] for n in beam], greedy)
+
+
+@pytest.mark.parametrize("weights", [{"decoder": 1.0}, {"decoder": 1.0, "length_bonus": 0.5}])
+def test_batched_beam_search_equals_one_utterance_at_a_time(model, registry, encoded, weights):
+    states, lengths = encoded
+    search = _search(model, registry, weights, beam_size=4, nbest=4)
+    batched = search(states, lengths)
+    assert len(batched) == len(lengths)
+    for b, n in enumerate(lengths.tolist()):
+        alone = search(states[b : b + 1, :n], lengths[b : b + 1])[0]
+        _assert_same_hyps(batched[b], alone)
+
+
+def test_zero_weight_length_bonus_changes_nothing(model, registry, encoded):
+    states, lengths = encoded
+    without = _search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3)(states, lengths)
+    with_zero = _search(model, registry, {"decoder": 1.0, "length_bonus": 0.0}, beam_size=3, nbest=3)(states, lengths)
+    for a, b in zip(without, with_zero):
+        assert a == b  # tokens, scores and per-scorer shares identical
+
+
+def test_utterance_decodes_the_same_alone_and_in_a_padded_batch(model, registry, fixture_batch):
+    """Encoder states within 1e-5, and identical greedy and beam hypotheses."""
+    b = fixture_batch
+    order = b.feat_lengths.argsort().tolist()
+    shortest, longer = order[0], order[1:]
+    rows = [shortest, *longer]
+    search = _search(model, registry, {"decoder": 1.0}, beam_size=4, nbest=2)
+    with torch.inference_mode():
+        states, lengths = model.encode(b.feats[rows], b.feat_lengths[rows])
+        n = int(b.feat_lengths[shortest])
+        alone_states, alone_lengths = model.encode(b.feats[shortest : shortest + 1, :n], b.feat_lengths[shortest : shortest + 1])
+    assert states.shape[1] > alone_states.shape[1], "the batch must really be padded"
+    assert alone_lengths.item() == lengths[0].item()
+    torch.testing.assert_close(states[0, : alone_states.shape[1]], alone_states[0], atol=1e-5, rtol=0)
+    _assert_same_hyps(_greedy(model, states, lengths)[:1], _greedy(model, alone_states, alone_lengths))
+    _assert_same_hyps(search(states, lengths)[0], search(alone_states, alone_lengths)[0])
+
+
+# -- scores are what they claim -------------------------------------------------------------------
+def test_scores_equal_teacher_forced_log_probabilities(model, registry, encoded):
+    states, lengths = encoded
+    greedy = _greedy(model, states, lengths)
+    beam = _search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3)(states, lengths)
+    for b in range(len(lengths)):
+        length = int(lengths[b])
+        for hyp in [greedy[b], *beam[b]]:
+            expected = _teacher_forced_logprob(model, states[b], length, hyp.tokens)
+            assert hyp.score == pytest.approx(expected, abs=1e-3)
+            assert hyp.scores["decoder"] == pytest.approx(hyp.score, abs=1e-9)
+        scores = [h.score for h in beam[b]]
+        assert scores == sorted(scores, reverse=True)
+        assert len({h.tokens for h in beam[b]}) == len(beam[b]), "n-best entries are distinct"
+
+
+def test_weighted_scores_add_up(model, registry, encoded):
+    states, lengths = encoded
+    weights = {"decoder": 1.0, "length_bonus": 0.7}
+    for nbest in _search(model, registry, weights, beam_size=3, nbest=2)(states, lengths):
+        for hyp in nbest:
+            assert set(hyp.scores) == {"decoder", "length_bonus"}
+            assert hyp.scores["length_bonus"] == pytest.approx(len(hyp.tokens) + 1), "1 per token and <eos>"
+            assert hyp.score == pytest.approx(sum(weights[k] * v for k, v in hyp.scores.items()), abs=1e-6)
+
+
+def test_length_normalisation(model, registry, encoded):
+    states, lengths = encoded
+    for b, nbest in enumerate(_search(model, registry, {"decoder": 1.0}, beam_size=2, length_normalize=True)(states, lengths)):
+        hyp = nbest[0]
+        raw = _teacher_forced_logprob(model, states[b], int(lengths[b]), hyp.tokens)
+        assert hyp.score == pytest.approx(raw / (len(hyp.tokens) + 1), abs=1e-3)
+
+
+def test_length_limits_are_respected(model, registry, encoded):
+    states, lengths = encoded
+    options = dict(max_length_ratio=0.3, min_length_ratio=0.2)
+    search = _search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3, **options)
+    greedy = _greedy(model, states, lengths, max_length_ratio=0.3)
+    for b, nbest in enumerate(search(states, lengths)):
+        lo, hi = math.floor(int(lengths[b]) * 0.2), math.floor(int(lengths[b]) * 0.3)
+        assert nbest, "an utterance always gets a hypothesis"
+        assert all(lo <= len(h.tokens) <= hi for h in nbest)
+        assert len(greedy[b].tokens) <= hi
+
+
+def test_greedy_returns_attention_per_step(model, encoded):
+    states, lengths = encoded
+    tok = model.tokenizer
+    hyps, attention = greedy_search(model.decoder, states, lengths, tok.sos_id, tok.eos_id)
+    assert attention.shape[0] == len(hyps) and attention.shape[2] == states.shape[1]
+    assert attention.shape[1] >= max(len(h.tokens) for h in hyps)
+    for b, hyp in enumerate(hyps):
+        steps = attention[b, : len(hyp.tokens) + 1]
+        torch.testing.assert_close(steps.sum(-1), torch.ones(len(steps)))
+        assert torch.all(steps[:, int(lengths[b]) :] == 0)
+
+
+# -- options ---------------------------------------------------------------------------------
+def test_length_limits_function():
+    lo, hi = length_limits(torch.tensor([10, 3, 0]), SearchOptions(max_length_ratio=0.5, min_length_ratio=0.2))
+    assert hi.tolist() == [5, 1, 1] and lo.tolist() == [2, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        (dict(beam_size=0), "beam size"),
+        (dict(beam_size=2, nbest=3), "nbest"),
+        (dict(nbest=0), "nbest"),
+        (dict(max_length_ratio=0), "max_length_ratio"),
+        (dict(min_length_ratio=-0.1), "min_length_ratio"),
+        (dict(weights={"decoder": -1.0}), "'decoder'"),
+        (dict(weights={"decoder": float("nan")}), "'decoder'"),
+    ],
+)
+def test_bad_options(options, match):
+    with pytest.raises(ConfigError, match=match):
+        SearchOptions(**options)
+
+
+def test_search_needs_a_positive_weight(random_model, registry):
+    with pytest.raises(ConfigError, match="positive weight"):
+        _search(random_model, registry, {"decoder": 0.0}, beam_size=2)
