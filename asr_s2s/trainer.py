@@ -236,6 +236,7 @@ class Trainer:
         self.model.eval()
         losses, refs, hyps = [], [], []
         tok = self.model.tokenizer
+        example = None
         for batch in self.valid_loader:
             self._report_failed(batch)
             if len(batch) == 0:
@@ -244,10 +245,16 @@ class Trainer:
             out = self.model(batch.feats, batch.feat_lengths, batch.tokens, batch.token_lengths)
             losses.append(float(out.loss) * len(batch))
             states, lengths = self.model.encode(batch.feats, batch.feat_lengths)
-            found, _ = greedy_search(self.model.decoder, states, lengths, tok.sos_id, tok.eos_id)
+            found, attention = greedy_search(self.model.decoder, states, lengths, tok.sos_id, tok.eos_id)
+            if example is None:
+                text = tok.decode(found[0].tokens)
+                weights = attention[0, : len(found[0].tokens) + 1, : int(lengths[0])].float().cpu().numpy()
+                example = (batch.ids[0], text, weights)
             refs += batch.texts
             hyps += [tok.decode(h.tokens) for h in found]
         self.model.train()
+        if example is not None:
+            self._plot_attention(*example)
         if not refs:
             return float("nan"), float("nan")
         return sum(losses) / len(refs), error_rates(refs, hyps).cer
@@ -264,6 +271,17 @@ class Trainer:
             for key, value in row.items():
                 if isinstance(value, float) and key not in ("step", "epoch"):
                     self._tensorboard.add_scalar(f"{row['kind']}/{key}", value, row["step"])
+
+    def _plot_attention(self, utt_id: str, text: str, weights: np.ndarray) -> None:
+        from asr_s2s.plotting import plot_attention
+
+        folder = self.exp_dir / "attention"
+        folder.mkdir(exist_ok=True)
+        title = f"{utt_id}, epoch {self.epoch}: {text[:60]}"
+        try:
+            plot_attention(weights, folder / f"epoch-{self.epoch}.png", title=title, labels=text)
+        except Exception as exc:  # noqa: BLE001 - a failed plot must not stop training
+            log.warning("could not plot attention: %s", exc)
 
     def _plot(self) -> None:
         from asr_s2s.plotting import plot_training_curves

@@ -81,6 +81,8 @@ def test_jsonl_log_and_curves(full_run):
     assert epochs[1]["valid_loss"] == pytest.approx(results[1].valid_loss)
     png = exp / "training_curves.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for epoch in (1, 2):  # an attention alignment of one validation utterance per epoch
+        assert (exp / "attention" / f"epoch-{epoch}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_resume_after_one_epoch_equals_an_uninterrupted_run(full_run, make_model, train_config, datasets, tmp_path):
