@@ -16,6 +16,9 @@ class BucketBatchSampler(Sampler[list[int]]):
     ``len(batch) * longest`` stays within ``max_batch_seconds``, and the batch
     order is shuffled. An utterance longer than the cap gets a batch of its own.
     The order depends only on ``seed`` and the epoch (see :meth:`set_epoch`).
+    During the first ``sortagrad_epochs`` epochs the batches come shortest first
+    instead (SortaGrad, Amodei et al. 2016), which helps attention find its
+    alignment early.
     """
 
     def __init__(
@@ -26,6 +29,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         max_batch_size: int | None = None,
         jitter: float = 0.1,
+        sortagrad_epochs: int = 0,
     ) -> None:
         if max_batch_seconds <= 0:
             raise ValueError(f"max_batch_seconds must be positive, got {max_batch_seconds}")
@@ -35,6 +39,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.max_batch_size = max_batch_size
         self.jitter = jitter if shuffle else 0.0
+        self.sortagrad_epochs = sortagrad_epochs
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -44,7 +49,9 @@ class BucketBatchSampler(Sampler[list[int]]):
     def batches(self) -> list[list[int]]:
         """All batches of the current epoch, in order."""
         rng = random.Random(self.seed * 1_000_003 + self.epoch)
-        keys = [d * (1.0 + self.jitter * (rng.random() - 0.5)) for d in self.durations_s]
+        sorting = self.epoch < self.sortagrad_epochs
+        jitter = 0.0 if sorting else self.jitter
+        keys = [d * (1.0 + jitter * (rng.random() - 0.5)) for d in self.durations_s]
         order = sorted(range(len(keys)), key=keys.__getitem__)
         batches: list[list[int]] = []
         current: list[int] = []
@@ -60,7 +67,7 @@ class BucketBatchSampler(Sampler[list[int]]):
             longest = new_longest
         if current:
             batches.append(current)
-        if self.shuffle:
+        if self.shuffle and not sorting:
             rng.shuffle(batches)
         return batches
 

@@ -44,6 +44,7 @@ class TrainConfig:
     grad_clip: float = 5.0
     max_batch_seconds: float = 300.0  # padded audio seconds per batch
     max_batch_size: int | None = None
+    sortagrad_epochs: int = 0  # epochs that visit batches shortest first before shuffling
     valid_max_batch_seconds: float = 600.0
     num_workers: int = 1
     feature_cache: bool = False  # keep features in memory after the first epoch (small corpora)

@@ -132,11 +132,12 @@ def make_loader(
     seed: int = 0,
     num_workers: int = 0,
     max_batch_size: int | None = None,
+    sortagrad_epochs: int = 0,
 ) -> DataLoader:
     """A DataLoader over duration-bucketed batches. Its ``batch_sampler`` has ``set_epoch``."""
     sampler = BucketBatchSampler(
         [u.duration for u in dataset.utterances], max_batch_seconds, shuffle=shuffle, seed=seed,
-        max_batch_size=max_batch_size,
+        max_batch_size=max_batch_size, sortagrad_epochs=sortagrad_epochs,
     )
     return DataLoader(
         dataset,

@@ -111,6 +111,7 @@ class Trainer:
         self.train_loader = make_loader(
             train_set, config.max_batch_seconds, shuffle=True, seed=config.seed,
             num_workers=config.num_workers, max_batch_size=config.max_batch_size,
+            sortagrad_epochs=config.sortagrad_epochs,
         )
         self.valid_loader = make_loader(valid_set, config.valid_max_batch_seconds, shuffle=False, num_workers=0)
         self.steps_per_epoch = len(self.train_loader.batch_sampler)

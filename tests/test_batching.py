@@ -94,3 +94,15 @@ def test_long_item_gets_its_own_batch():
 def test_cap_must_be_positive():
     with pytest.raises(ValueError, match="max_batch_seconds"):
         BucketBatchSampler([1.0], 0)
+
+
+def test_sortagrad_visits_shortest_batches_first_then_shuffles():
+    rng = random.Random(3)
+    durations = [rng.uniform(0.5, 15.0) for _ in range(300)]
+    sampler = BucketBatchSampler(durations, 40.0, shuffle=True, seed=0, sortagrad_epochs=1)
+    longest = [max(durations[i] for i in batch) for batch in sampler.batches()]
+    assert longest == sorted(longest)
+    sampler.set_epoch(1)
+    shuffled = [max(durations[i] for i in batch) for batch in sampler.batches()]
+    assert shuffled != sorted(shuffled)
+    assert sorted(i for b in sampler.batches() for i in b) == list(range(300))
