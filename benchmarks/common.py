@@ -1,0 +1,52 @@
+"""Shared set-up for the benchmarks: model configs and synthetic batches."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from asr_s2s.config import ModelConfig, load_config
+from asr_s2s.features import CMVNStats
+from asr_s2s.model import ASRModel
+from asr_s2s.plugins import Registry
+from asr_s2s.tokenizer import CharTokenizer
+
+# The scorer issue's reference model: 4 BLSTM layers of 320 units per direction with
+# 8x time reduction, a 1-layer 320-unit decoder with location attention (10
+# channels, kernel 201), 32 output tokens.
+REFERENCE = ModelConfig(
+    encoder={"name": "pblstm", "hidden_size": 320, "base_layers": 1, "pyramid_layers": 3, "dropout": 0.0},
+    decoder={"name": "attention", "hidden_size": 320, "embed_dim": 320, "attention_dim": 320,
+             "conv_channels": 10, "conv_kernel": 201, "dropout": 0.0},
+    ctc_weight=0.3, label_smoothing=0.0, specaug=None,
+)
+REFERENCE_TOKENS = 32
+DEFAULT_CONFIG = "recipes/mini_librispeech/conf/las_mini.yaml"
+
+
+def build(config: ModelConfig, num_tokens: int | None = None) -> ASRModel:
+    tokenizer = CharTokenizer()
+    if num_tokens is not None and num_tokens > len(tokenizer):
+        tokenizer = CharTokenizer(tokenizer.tokens + [f"<extra{i}>" for i in range(num_tokens - len(tokenizer))])
+    torch.manual_seed(0)
+    return ASRModel(config, tokenizer, CMVNStats.identity(config.num_mel_bins), Registry())
+
+
+def models(root: str) -> dict[str, tuple[ModelConfig, int | None]]:
+    """The default recipe model and the reference model."""
+    return {"default": (load_config(f"{root}/{DEFAULT_CONFIG}").model, None), "reference": (REFERENCE, REFERENCE_TOKENS)}
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall seconds of ``fn`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
