@@ -64,6 +64,7 @@ class DecodeConfig:
     min_length_ratio: float = 0.0
     length_normalize: bool = False
     nbest: int = 1
+    end_margin: float | None = 10.0  # stop an utterance when its running hypotheses trail this far; null: never
     batch_seconds: float = 600.0  # padded audio seconds decoded together
 
 

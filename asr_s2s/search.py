@@ -38,12 +38,16 @@ class SearchOptions:
     min_length_ratio: float = 0.0
     length_normalize: bool = False
     nbest: int = 1
+    end_margin: float | None = 10.0  # end detection; None runs until K hypotheses end
+
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
             raise ConfigError(f"beam size must be at least 1, got {self.beam_size}")
         if self.nbest < 1 or self.nbest > self.beam_size:
             raise ConfigError(f"nbest must be between 1 and the beam size ({self.beam_size}), got {self.nbest}")
+        if self.end_margin is not None and self.end_margin <= 0:
+            raise ConfigError(f"end_margin must be positive (or None), got {self.end_margin}")
         if self.max_length_ratio <= 0 or self.min_length_ratio < 0:
             raise ConfigError("max_length_ratio must be positive and min_length_ratio non-negative")
         for name, weight in self.weights.items():
@@ -109,7 +113,8 @@ class BeamSearch:
     sum extends the running scores; the best ``2K`` extensions per utterance
     are taken; those ending in ``<eos>`` among the top ``K`` are finished, and
     the best ``K`` others continue. An utterance stops once it holds ``K``
-    finished hypotheses or reaches its maximum length.
+    finished hypotheses, reaches its maximum length, or (end detection) its
+    best running hypothesis trails its best finished one by ``end_margin``.
     """
 
     def __init__(self, scorers: Mapping[str, Scorer], options: SearchOptions, sos: int, eos: int, vocab_size: int) -> None:
@@ -171,9 +176,22 @@ class BeamSearch:
             scorer_states = {name: s.select(new_states[name], rows, new_tokens) for name, s in self.scorers.items()}
             done |= torch.tensor([len(f) >= k for f in finished], device=device)
             done |= step >= max_len.view(batch, k)[:, 0]
+            if self.options.end_margin is not None:
+                done |= self._hopeless(running, finished, step)
             if bool(done.all()):
                 break
         return [sorted(f, key=lambda h: -h.score)[: self.options.nbest] for f in finished]
+
+    def _hopeless(self, running: torch.Tensor, finished: list[list[Hypothesis]], step: int) -> torch.Tensor:
+        """End detection (as ESPnet's): an utterance whose best running hypothesis
+        trails its best finished one by more than ``end_margin`` stops. ``(B,)`` bool."""
+        best_finished = torch.tensor(
+            [max((h.score for h in f), default=NEG_INF) for f in finished], dtype=running.dtype, device=running.device
+        )
+        best_running = running.max(dim=1).values
+        if self.options.length_normalize:
+            best_running = best_running / (step + 1)
+        return best_running < best_finished - self.options.end_margin
 
     def _finish(self, ends, top_scores, source, prefix, shares, step_scores, new_states, step, finished) -> None:
         """Move hypotheses that chose ``<eos>`` to ``finished``."""

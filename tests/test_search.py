@@ -176,6 +176,7 @@ def test_length_limits_function():
         (dict(min_length_ratio=-0.1), "min_length_ratio"),
         (dict(weights={"decoder": -1.0}), "'decoder'"),
         (dict(weights={"decoder": float("nan")}), "'decoder'"),
+        (dict(end_margin=0.0), "end_margin"),
     ],
 )
 def test_bad_options(options, match):
@@ -186,3 +187,13 @@ def test_bad_options(options, match):
 def test_search_needs_a_positive_weight(random_model, registry):
     with pytest.raises(ConfigError, match="positive weight"):
         _search(random_model, registry, {"decoder": 0.0}, beam_size=2)
+
+
+def test_end_detection_keeps_the_best_hypothesis(trained_model, registry, fixture_batch):
+    """Stopping hopeless utterances early must not change what the overfit model finds."""
+    with torch.inference_mode():
+        states, lengths = trained_model.encode(fixture_batch.feats, fixture_batch.feat_lengths)
+    weights = {"decoder": 1.0, "length_bonus": 0.5}
+    early = _search(trained_model, registry, weights, beam_size=4, end_margin=10.0)(states, lengths)
+    full = _search(trained_model, registry, weights, beam_size=4, end_margin=None)(states, lengths)
+    _assert_same_hyps([n[0] for n in early], [n[0] for n in full])
