@@ -89,7 +89,7 @@ def cmd_compute_cmvn(args) -> int:
     loader = DataLoader(dataset, batch_size=None, num_workers=args.num_workers)
     feats, failed = [], 0
     for item in tqdm(loader, desc="CMVN", unit="utt", disable=args.quiet):
-        if isinstance(item, tuple) or isinstance(item, list):
+        if isinstance(item, (tuple, list)):  # (id, reason) of an unreadable file
             log.warning("skipping %s: %s", item[0], item[1])
             failed += 1
         else:
@@ -117,7 +117,8 @@ def cmd_train(args) -> int:
     config = load_config(args.config)
     if args.epochs is not None:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=args.epochs))
-    torch.set_num_threads(args.threads) if args.threads else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     registry = _registry(args)
     tokenizer = CharTokenizer()
     cache = config.train.feature_cache
