@@ -69,6 +69,12 @@ class ASRModel(nn.Module):
         :param tokens: ``(B, U)`` targets padded with ``IGNORE_ID``; :param token_lengths: ``(B,)``.
         """
         states, state_lengths = self.encode(feats, feat_lengths)
+        return self.loss(states, state_lengths, tokens, token_lengths)
+
+    def loss(
+        self, states: torch.Tensor, state_lengths: torch.Tensor, tokens: torch.Tensor, token_lengths: torch.Tensor
+    ) -> LossOutput:
+        """Joint loss from encoder states ``(B, T', D)`` with lengths ``(B,)`` (see :meth:`forward`)."""
         batch = tokens.shape[0]
         sos = torch.full((batch, 1), self.tokenizer.sos_id, dtype=tokens.dtype, device=tokens.device)
         tokens_in = torch.cat([sos, tokens.clamp_min(0)], dim=1)  # (B, U+1)

@@ -40,7 +40,6 @@ class SearchOptions:
     nbest: int = 1
     end_margin: float | None = 10.0  # end detection; None runs until K hypotheses end
 
-
     def __post_init__(self) -> None:
         if self.beam_size < 1:
             raise ConfigError(f"beam size must be at least 1, got {self.beam_size}")
@@ -168,10 +167,7 @@ class BeamSearch:
             running = top_scores.gather(1, keep)
             rows = source.gather(1, keep).reshape(n)
             new_tokens = token.gather(1, keep).reshape(n)
-            running = running.masked_fill(torch.gather(token, 1, keep) == self.eos, NEG_INF)
-            shares = shares[rows] + torch.stack(
-                [step_scores[name].double()[rows, new_tokens] for name in self.scorers], dim=1
-            )
+            shares = shares[rows] + self._shares(step_scores, rows, new_tokens)
             prefix = torch.cat([prefix[rows], new_tokens.unsqueeze(1)], dim=1)
             scorer_states = {name: s.select(new_states[name], rows, new_tokens) for name, s in self.scorers.items()}
             done |= torch.tensor([len(f) >= k for f in finished], device=device)
@@ -181,6 +177,10 @@ class BeamSearch:
             if bool(done.all()):
                 break
         return [sorted(f, key=lambda h: -h.score)[: self.options.nbest] for f in finished]
+
+    def _shares(self, step_scores: dict[str, torch.Tensor], rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Each scorer's unweighted score ``(M, S)`` of appending ``tokens`` ``(M,)`` to ``rows`` ``(M,)``."""
+        return torch.stack([step_scores[name].double()[rows, tokens] for name in self.scorers], dim=1)
 
     def _hopeless(self, running: torch.Tensor, finished: list[list[Hypothesis]], step: int) -> torch.Tensor:
         """End detection (as ESPnet's): an utterance whose best running hypothesis
@@ -197,7 +197,7 @@ class BeamSearch:
         """Move hypotheses that chose ``<eos>`` to ``finished``."""
         rows = source[ends]
         scores = top_scores[ends]
-        row_shares = shares[rows] + torch.stack([step_scores[name].double()[rows, self.eos] for name in self.scorers], 1)
+        row_shares = shares[rows] + self._shares(step_scores, rows, torch.full_like(rows, self.eos))
         for i, (name, scorer) in enumerate(self.scorers.items()):
             extra = scorer.final_score(new_states[name])
             if extra is not None:

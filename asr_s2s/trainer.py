@@ -243,9 +243,9 @@ class Trainer:
             if len(batch) == 0:
                 continue
             batch = batch.to(self.device)
-            out = self.model(batch.feats, batch.feat_lengths, batch.tokens, batch.token_lengths)
-            losses.append(float(out.loss) * len(batch))
             states, lengths = self.model.encode(batch.feats, batch.feat_lengths)
+            out = self.model.loss(states, lengths, batch.tokens, batch.token_lengths)
+            losses.append(float(out.loss) * len(batch))
             found, attention = greedy_search(self.model.decoder, states, lengths, tok.sos_id, tok.eos_id)
             if example is None:
                 text = tok.decode(found[0].tokens)
