@@ -105,6 +105,7 @@ class Frontend(nn.Module):
 
     def __init__(self, cmvn: CMVNStats, specaug: SpecAugmentConfig | None) -> None:
         super().__init__()
+        self.cmvn = cmvn  # kept as given, so that packages store the exact statistics
         self.register_buffer("mean", torch.tensor(cmvn.mean, dtype=torch.float32), persistent=False)
         self.register_buffer("inv_std", 1.0 / torch.tensor(cmvn.std, dtype=torch.float32), persistent=False)
         self.specaug = specaug

@@ -44,8 +44,7 @@ def save_package(model: ASRModel, decode: DecodeConfig, path: str | os.PathLike,
     config = {"format_version": FORMAT_VERSION, "model": to_dict(model.config), "decode": to_dict(decode)}
     (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     model.tokenizer.save(tmp / "tokens.txt")
-    frontend = model.frontend
-    CMVNStats(tuple(frontend.mean.tolist()), tuple((1.0 / frontend.inv_std).tolist()), 0).save(tmp / "cmvn.json")
+    model.frontend.cmvn.save(tmp / "cmvn.json")
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(tmp / "model.safetensors"), metadata={"format_version": str(FORMAT_VERSION)})
     (tmp / "versions.json").write_text(json.dumps(_versions(registry), indent=2) + "\n")
