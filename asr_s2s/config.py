@@ -65,6 +65,7 @@ class DecodeConfig:
     length_normalize: bool = False
     nbest: int = 1
     end_margin: float | None = 10.0  # stop an utterance when its running hypotheses trail this far; null: never
+    pre_beam_ratio: float = 1.5  # partial scorers (ctc) score the best ceil(ratio * beam_size) tokens
     batch_seconds: float = 600.0  # padded audio seconds decoded together
 
 

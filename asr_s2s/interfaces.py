@@ -9,6 +9,7 @@ Shape letters: ``B`` utterances, ``T`` input frames, ``F`` feature bins,
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -109,16 +110,58 @@ class Decoder(nn.Module, ABC):
         """
 
 
+class LanguageModel(nn.Module, ABC):
+    """A token-level language model, for shallow fusion in beam search.
+
+    Constructed as ``cls(vocab_size=V, **params)``. Sentences are modelled as
+    ``<sos> tokens <eos>``; the search state is a ``dict[str, torch.Tensor]``.
+    """
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def forward(self, tokens_in: torch.Tensor) -> torch.Tensor:
+        """Next-token logits for every position of a right-padded batch.
+
+        :param tokens_in: ``(B, U)`` tokens starting with ``<sos>``; padding at the end
+            never changes the logits of earlier positions.
+        :returns: logits ``(B, U, V)``.
+        """
+
+    @abstractmethod
+    def init_state(self, n: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """The state before ``<sos>`` for ``n`` hypotheses."""
+
+    @abstractmethod
+    def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Read one token per hypothesis.
+
+        :param tokens: ``(N,)`` the last token of each hypothesis.
+        :returns: log-probabilities ``(N, V)`` of the next token, and the new state.
+        """
+
+    @abstractmethod
+    def select(self, state: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Gather the state rows ``index`` ``(N,)``."""
+
+
 class Scorer(ABC):
     """Adds a log-probability to every beam-search extension (ESPnet's design, batched).
 
     A *full* scorer (``partial = False``) scores the whole vocabulary with
     :meth:`score`; a *partial* one scores only pre-beam candidates with
     :meth:`score_partial`. Search weighs each scorer by its ``name``.
+
+    A full scorer that reads another scorer's state of the same step (the
+    coverage penalty reads the decoder's attention) names it in
+    ``depends_on``; search then runs it after those and calls
+    ``score(prefix, state, inputs)`` with ``inputs`` mapping each name to that
+    scorer's new state.
     """
 
     name: ClassVar[str]
     partial: ClassVar[bool] = False
+    depends_on: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def from_model(cls, model: ASRModel) -> Scorer:
@@ -133,10 +176,11 @@ class Scorer(ABC):
         :param state_lengths: ``(N,)`` valid encoder frames.
         """
 
-    def score(self, prefix: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+    def score(self, prefix: torch.Tensor, state: Any, inputs: Mapping[str, Any] | None = None) -> tuple[torch.Tensor, Any]:
         """Full scorer: log-probabilities of every next token.
 
         :param prefix: ``(N, L)`` tokens so far, starting with ``<sos>``.
+        :param inputs: only for scorers with ``depends_on``: the new state of each named scorer.
         :returns: scores ``(N, V)`` and the state for the ``N`` extended prefixes.
         """
         raise NotImplementedError(f"{type(self).__name__} is a partial scorer; use score_partial")

@@ -62,7 +62,7 @@ class Recognizer:
         self.options = SearchOptions(
             beam_size=decode.beam_size, weights=dict(decode.scorers), max_length_ratio=decode.max_length_ratio,
             min_length_ratio=decode.min_length_ratio, length_normalize=decode.length_normalize, nbest=decode.nbest,
-            end_margin=decode.end_margin,
+            end_margin=decode.end_margin, pre_beam_ratio=decode.pre_beam_ratio,
         )
         active = {n for n, w in decode.scorers.items() if w > 0}
         self.greedy = decode.beam_size == 1 and active == {"decoder"} and decode.min_length_ratio == 0

@@ -39,6 +39,7 @@ class SearchOptions:
     length_normalize: bool = False
     nbest: int = 1
     end_margin: float | None = 10.0  # end detection; None runs until K hypotheses end
+    pre_beam_ratio: float = 1.5  # partial scorers see the best ceil(ratio * K) tokens per hypothesis
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
@@ -47,6 +48,8 @@ class SearchOptions:
             raise ConfigError(f"nbest must be between 1 and the beam size ({self.beam_size}), got {self.nbest}")
         if self.end_margin is not None and self.end_margin <= 0:
             raise ConfigError(f"end_margin must be positive (or None), got {self.end_margin}")
+        if self.pre_beam_ratio < 1:
+            raise ConfigError(f"pre_beam_ratio must be at least 1, got {self.pre_beam_ratio}")
         if self.max_length_ratio <= 0 or self.min_length_ratio < 0:
             raise ConfigError("max_length_ratio must be positive and min_length_ratio non-negative")
         for name, weight in self.weights.items():
@@ -117,15 +120,24 @@ class BeamSearch:
     """
 
     def __init__(self, scorers: Mapping[str, Scorer], options: SearchOptions, sos: int, eos: int, vocab_size: int) -> None:
-        self.scorers = {name: s for name, s in scorers.items() if options.weights.get(name, 0.0) > 0}
-        if not self.scorers:
+        active = {name: s for name, s in scorers.items() if options.weights.get(name, 0.0) > 0}
+        if not active:
             raise ConfigError("beam search needs at least one scorer with a positive weight")
-        partial = [name for name, s in self.scorers.items() if s.partial]
-        if partial:
-            raise ConfigError(f"partial scorers are not supported by this search yet: {', '.join(partial)}")
+        for name, scorer in active.items():
+            missing = [dep for dep in scorer.depends_on if dep not in active]
+            if missing:
+                raise ConfigError(
+                    f"scorer {name!r} reads the state of {', '.join(map(repr, missing))}, "
+                    f"which must be in decode.scorers with a positive weight"
+                )
+        # scorers that read another's fresh state run after it
+        self.scorers = {n: active[n] for n in sorted(active, key=lambda n: bool(active[n].depends_on))}
+        self.full = [n for n, s in self.scorers.items() if not s.partial]
+        self.partial = [n for n, s in self.scorers.items() if s.partial]
         self.weights = {name: float(options.weights[name]) for name in self.scorers}
         self.options = options
         self.sos, self.eos, self.vocab_size = sos, eos, vocab_size
+        self.pre_beam = min(vocab_size, math.ceil(options.pre_beam_ratio * options.beam_size)) if self.full else vocab_size
 
     @torch.inference_mode()
     def __call__(self, states: torch.Tensor, state_lengths: torch.Tensor) -> list[list[Hypothesis]]:
@@ -148,11 +160,7 @@ class BeamSearch:
         base = (torch.arange(batch, device=device) * k).unsqueeze(1)  # (B, 1)
 
         for step in range(int(max_len.max()) + 1):
-            step_scores, new_states = {}, {}
-            for name, scorer in self.scorers.items():
-                step_scores[name], new_states[name] = scorer.score(prefix, scorer_states[name])
-            total = sum(self.weights[name] * s.double() for name, s in step_scores.items())
-            total = _constrain(total, step, min_len, max_len, self.eos)
+            step_scores, new_states, total = self._score(prefix, scorer_states, step, min_len, max_len)
             candidates = (running.reshape(n, 1) + total).reshape(batch, k * vocab)
             top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)  # (B, 2K)
             source = base + torch.div(top_index, vocab, rounding_mode="floor")  # (B, 2K) flat rows
@@ -177,6 +185,38 @@ class BeamSearch:
             if bool(done.all()):
                 break
         return [sorted(f, key=lambda h: -h.score)[: self.options.nbest] for f in finished]
+
+    def _score(self, prefix, scorer_states, step, min_len, max_len):
+        """Every scorer's step scores ``(N, V)``, their new states, and the weighted total ``(N, V)``.
+
+        Full scorers score the vocabulary; partial scorers then score the
+        ``pre_beam`` best tokens of the full total per hypothesis, and every
+        other token is out of the running (``-inf``).
+        """
+        step_scores, new_states = {}, {}
+        total = prefix.new_zeros(prefix.shape[0], self.vocab_size, dtype=torch.float64)
+        for name in self.full:
+            scorer = self.scorers[name]
+            if scorer.depends_on:
+                step_scores[name], new_states[name] = scorer.score(
+                    prefix, scorer_states[name], {dep: new_states[dep] for dep in scorer.depends_on}
+                )
+            else:
+                step_scores[name], new_states[name] = scorer.score(prefix, scorer_states[name])
+            total = total + self.weights[name] * step_scores[name].double()
+        total = _constrain(total, step, min_len, max_len, self.eos)
+        if not self.partial:
+            return step_scores, new_states, total
+        if self.pre_beam < self.vocab_size:
+            candidates = total.topk(self.pre_beam, dim=1).indices  # (N, K')
+        else:
+            candidates = torch.arange(self.vocab_size, device=total.device).expand(total.shape[0], -1)
+        picked = total.gather(1, candidates)
+        for name in self.partial:
+            scores, new_states[name] = self.scorers[name].score_partial(prefix, candidates, scorer_states[name])
+            picked = picked + self.weights[name] * scores.double()
+            step_scores[name] = torch.zeros_like(total).scatter(1, candidates, scores.double())
+        return step_scores, new_states, torch.full_like(total, NEG_INF).scatter(1, candidates, picked)
 
     def _shares(self, step_scores: dict[str, torch.Tensor], rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Each scorer's unweighted score ``(M, S)`` of appending ``tokens`` ``(M,)`` to ``rows`` ``(M,)``."""

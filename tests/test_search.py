@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from asr_s2s.errors import ConfigError
+from asr_s2s.interfaces import Scorer
 from asr_s2s.recognizer import build_scorers
 from asr_s2s.search import BeamSearch, Hypothesis, SearchOptions, greedy_search, length_limits
 
@@ -197,3 +198,72 @@ def test_end_detection_keeps_the_best_hypothesis(trained_model, registry, fixtur
     early = _search(trained_model, registry, weights, beam_size=4, end_margin=10.0)(states, lengths)
     full = _search(trained_model, registry, weights, beam_size=4, end_margin=None)(states, lengths)
     _assert_same_hyps([n[0] for n in early], [n[0] for n in full])
+
+
+# -- partial scorers and pre-beam -------------------------------------------------------------
+class _CandidateCounter(Scorer):
+    """A partial scorer that scores 0 and records the candidates it was shown."""
+
+    name = "candidate_counter"
+    partial = True
+
+    def __init__(self):
+        self.seen: list[torch.Tensor] = []
+
+    def init_state(self, states, state_lengths):
+        return None
+
+    def score_partial(self, prefix, candidates, state):
+        self.seen.append(candidates.clone())
+        return torch.zeros(candidates.shape, dtype=torch.float32), None
+
+    def select(self, state, index, tokens):
+        return None
+
+
+def test_partial_scorers_see_the_pre_beam_of_the_full_scorers(model, registry, encoded):
+    states, lengths = encoded
+    tok = model.tokenizer
+    counter = _CandidateCounter()
+    weights = {"decoder": 1.0, "candidate_counter": 1.0}
+    scorers = {**build_scorers(model, registry, {"decoder": 1.0}, {}), "candidate_counter": counter}
+    search = BeamSearch(scorers, SearchOptions(weights=weights, beam_size=4, nbest=4), tok.sos_id, tok.eos_id, model.vocab_size)
+    found = search(states, lengths)
+    assert counter.seen and all(c.shape == (len(lengths) * 4, math.ceil(1.5 * 4)) for c in counter.seen)
+    # a partial scorer adding 0 only restricts tokens to the pre-beam, which holds every survivor
+    plain = _search(model, registry, {"decoder": 1.0}, beam_size=4, nbest=4)(states, lengths)
+    for a, b in zip(found, plain):
+        _assert_same_hyps(a, b, atol=1e-9)
+
+
+def test_pre_beam_ratio_must_be_at_least_one():
+    with pytest.raises(ConfigError, match="pre_beam_ratio"):
+        SearchOptions(pre_beam_ratio=0.5)
+
+
+# -- scorers reading other scorers' state: coverage ------------------------------------------
+def test_coverage_needs_the_decoder(random_model, registry):
+    with pytest.raises(ConfigError, match="'coverage' reads the state of 'decoder'"):
+        _search(random_model, registry, {"ctc": 1.0, "coverage": 0.5}, beam_size=2)
+
+
+def test_coverage_share_counts_covered_frames(model, registry, encoded):
+    """Its share equals the frames whose teacher-forced attention, summed over the
+    hypothesis's steps (``<eos>`` included), exceeds the threshold."""
+    states, lengths = encoded
+    weights = {"decoder": 1.0, "coverage": 0.3}
+    for b, nbest in enumerate(_search(model, registry, weights, beam_size=3, nbest=2)(states, lengths)):
+        for hyp in nbest:
+            tokens_in = torch.tensor([[model.tokenizer.sos_id, *hyp.tokens]])
+            with torch.inference_mode():
+                _, attention = model.decoder(states[b : b + 1, : lengths[b]], lengths[b : b + 1], tokens_in)
+            covered = int((attention[0].sum(0) > 0.5).sum())
+            assert hyp.scores["coverage"] == pytest.approx(covered)
+            assert hyp.score == pytest.approx(hyp.scores["decoder"] + 0.3 * covered, abs=1e-5)
+
+
+def test_zero_weight_coverage_changes_nothing(model, registry, encoded):
+    states, lengths = encoded
+    plain = _search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3)(states, lengths)
+    zero = _search(model, registry, {"decoder": 1.0, "coverage": 0.0}, beam_size=3, nbest=3)(states, lengths)
+    assert plain == zero
