@@ -1,0 +1,163 @@
+"""The ``ctc`` scorer: CTC prefix scores (Watanabe et al. 2017), vectorised over time too.
+
+For a prefix ``h`` the scorer keeps, at every encoder frame ``t``, the
+log-probabilities ``r_n[t]`` and ``r_b[t]`` of all CTC paths that have emitted
+exactly ``h`` by frame ``t`` and end in a non-blank or a blank. Extending
+``g`` by a character ``c`` follows the usual recursion::
+
+    phi[t]    = r_b(g)[t]                   if c == last(g)
+              = logaddexp(r_b(g)[t], r_n(g)[t])  otherwise
+    r_n(h)[t] = y_c[t] * (r_n(h)[t-1] + phi[t-1])
+    r_b(h)[t] = y_blank[t] * (r_b(h)[t-1] + r_n(h)[t-1])
+    psi(h)    = sum_t phi[t-1] * y_c[t]     (the prefix probability)
+
+Both recursions are first-order linear, so each unrolls into a cumulative
+log-sum-exp: with ``C[t] = sum_{s<=t} log y_c[s]``,
+``log r_n[t] = C[t] + logcumsumexp_s(log phi[s-1] - C[s-1])``, and likewise
+for ``r_b`` with the blank's cumulative sum. ESPnet's ``CTCPrefixScoreTH``
+loops over frames in Python at every output step; here a step is a handful
+of tensor ops over ``(N, K, T')``, in float64 so that the cumulative sums stay
+exact over long utterances.
+
+The score of appending ``c`` is ``psi(h) - psi(g)``, and of ``<eos>`` it is
+``log(r_n(g)[T] + r_b(g)[T]) - psi(g)``; the scores along a finished
+hypothesis therefore add up to ``log p_ctc(y | x)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from asr_s2s.errors import ConfigError
+from asr_s2s.hookspecs import hookimpl
+from asr_s2s.interfaces import Scorer
+
+if TYPE_CHECKING:
+    from asr_s2s.model import ASRModel
+
+NEG_INF = float("-inf")
+# Log-probabilities are clamped here (and padding frames set to it) so that cumulative
+# sums never meet -inf - -inf; e^-1e4 is zero at any precision a score could show.
+LOG_ZERO = -1.0e4
+
+
+@dataclass(frozen=True)
+class CTCFrames:
+    """Per-row frame scores, fixed for a search (rows of one utterance are identical).
+
+    :ivar logp: ``(N, V, T')`` CTC log-probabilities, ``LOG_ZERO`` on padding frames.
+    :ivar blank_cum: ``(N, T'+1)`` cumulative blank log-probability from frame 0.
+    :ivar lengths: ``(N,)`` valid frames.
+    """
+
+    logp: torch.Tensor
+    blank_cum: torch.Tensor
+    lengths: torch.Tensor
+
+
+@dataclass(frozen=True)
+class CTCState:
+    """Per-hypothesis prefix state; ``M`` rows (``N``, or ``N x K`` after scoring).
+
+    :ivar frames: the utterances' frame scores (never reordered: search maps
+        rows only to rows of the same utterance).
+    :ivar r: ``(M, 2, T'+1)`` log ``r_n`` and ``r_b`` at frames 0..T' (frame 0 is before any input).
+    :ivar psi: ``(M,)`` log prefix probability so far.
+    :ivar last: ``(M,)`` last token of the prefix (``<sos>`` for the empty one).
+    :ivar candidates: ``(N, K)`` the candidates scored, or None before scoring.
+    """
+
+    frames: CTCFrames
+    r: torch.Tensor
+    psi: torch.Tensor
+    last: torch.Tensor
+    candidates: torch.Tensor | None = None
+
+
+class CTCPrefixScorer(Scorer):
+    """Partial scorer: CTC prefix log-probability increments of ``K`` candidates per hypothesis.
+
+    Needs a model trained with the CTC head (``model.ctc_weight > 0``).
+    """
+
+    name = "ctc"
+    partial = True
+
+    def __init__(self, model: ASRModel) -> None:
+        self.model = model
+        tok = model.tokenizer
+        self.blank, self.eos = tok.blank_id, tok.eos_id
+
+    @classmethod
+    def from_model(cls, model: ASRModel) -> CTCPrefixScorer:
+        if model.ctc is None:
+            raise ConfigError(
+                "scorer 'ctc' needs a model trained with a CTC head, but this model has none "
+                "(model.ctc_weight was 0). Remove 'ctc' from decode.scorers or set its weight to 0."
+            )
+        return cls(model)
+
+    def init_state(self, states: torch.Tensor, state_lengths: torch.Tensor) -> CTCState:
+        """Prepare frame log-probabilities and the empty prefix.
+
+        :param states: ``(N, T', D)``; :param state_lengths: ``(N,)``.
+        """
+        n, frames = states.shape[:2]
+        logp = self.model.ctc_log_probs(states).double().clamp_min(LOG_ZERO)  # (N, T', V)
+        valid = torch.arange(frames, device=states.device).unsqueeze(0) < state_lengths.unsqueeze(1)
+        logp = logp.masked_fill(~valid.unsqueeze(-1), LOG_ZERO)
+        logp = logp.transpose(1, 2).contiguous()  # (N, V, T')
+        # cumulative blank log-probability, B[t] = sum_{s<=t} log y_blank[s], B[0] = 0
+        blank_cum = _cumsum_from_zero(logp[:, self.blank])  # (N, T'+1)
+        r = torch.full((n, 2, frames + 1), NEG_INF, dtype=torch.float64, device=states.device)
+        r[:, 1] = blank_cum  # the empty prefix: all blanks so far
+        r[:, 1, 1:] = r[:, 1, 1:].masked_fill(~valid, NEG_INF)
+        zeros = torch.zeros(n, dtype=torch.float64, device=states.device)
+        start = torch.full((n,), self.eos, dtype=torch.long, device=states.device)
+        return CTCState(CTCFrames(logp, blank_cum, state_lengths.to(states.device)), r, zeros, start)
+
+    def score_partial(self, prefix: torch.Tensor, candidates: torch.Tensor, state: CTCState) -> tuple[torch.Tensor, CTCState]:
+        """Score ``(N, K)`` candidate tokens; ``prefix`` ``(N, L)`` is implied by ``state``.
+
+        :returns: score increments ``(N, K)`` (float64) and the state of all ``N x K`` extensions.
+        """
+        n, k = candidates.shape
+        r_n, r_b = state.r[:, 0].unsqueeze(1), state.r[:, 1].unsqueeze(1)  # (N, 1, T'+1)
+        repeat = (candidates == state.last.unsqueeze(1)).unsqueeze(-1)  # (N, K, 1)
+        phi = torch.where(repeat, r_b, torch.logaddexp(r_n, r_b))  # (N, K, T'+1)
+        frames = state.frames.logp.shape[-1]
+        y_c = state.frames.logp.gather(1, candidates.unsqueeze(-1).expand(n, k, frames))  # (N, K, T')
+        cum_c = _cumsum_from_zero(y_c)  # (N, K, T'+1)
+        new_n = cum_c[..., 1:] + torch.logcumsumexp(phi[..., :-1] - cum_c[..., :-1], dim=-1)
+        new_n = torch.cat([torch.full_like(new_n[..., :1], NEG_INF), new_n], dim=-1)  # (N, K, T'+1)
+        cum_b = state.frames.blank_cum.unsqueeze(1)  # (N, 1, T'+1)
+        new_b = cum_b[..., 1:] + torch.logcumsumexp(new_n[..., :-1] - cum_b[..., :-1], dim=-1)
+        new_b = torch.cat([torch.full_like(new_b[..., :1], NEG_INF), new_b], dim=-1)
+        psi = torch.logsumexp(phi[..., :-1] + y_c, dim=-1)  # (N, K)
+        # <eos>: the probability of exactly this prefix over the whole utterance
+        end = state.frames.lengths.view(n, 1, 1)
+        full = torch.logaddexp(state.r[:, 0:1].gather(2, end), state.r[:, 1:2].gather(2, end)).view(n, 1)
+        psi = torch.where(candidates == self.eos, full, psi)
+        psi = psi.masked_fill(candidates == self.blank, NEG_INF)
+        new_state = CTCState(state.frames, torch.stack([new_n, new_b], dim=2), psi, candidates, candidates)
+        previous = state.psi.unsqueeze(1)
+        increment = torch.where(torch.isneginf(previous), NEG_INF, psi - previous)  # never -inf - -inf
+        return increment, new_state
+
+    def select(self, state: CTCState, index: torch.Tensor, tokens: torch.Tensor) -> CTCState:
+        """Keep the extension ``(index[i], tokens[i])`` for each survivor ``i``. ``index``, ``tokens``: ``(N,)``."""
+        column = (state.candidates[index] == tokens.unsqueeze(1)).int().argmax(dim=1)
+        return CTCState(state.frames, state.r[index, column], state.psi[index, column], tokens)
+
+
+def _cumsum_from_zero(x: torch.Tensor) -> torch.Tensor:
+    """Cumulative sum over the last axis with a leading 0: ``(..., T)`` -> ``(..., T+1)``."""
+    return torch.nn.functional.pad(x.cumsum(-1), (1, 0))
+
+
+@hookimpl
+def asr_s2s_register_scorers() -> list[type]:
+    return [CTCPrefixScorer]
