@@ -39,6 +39,22 @@ def _parse_scorer_weights(values: list[str]) -> dict[str, float]:
     return weights
 
 
+def _parse_scorer_params(values: list[str]) -> dict[str, dict]:
+    import yaml
+
+    params: dict[str, dict] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        name, dot, param = key.partition(".")
+        if not (sep and dot and name and param):
+            raise ConfigError(f"--scorer-param {item!r}: expected NAME.KEY=VALUE, e.g. --scorer-param ngram.path=lm.arpa")
+        try:
+            params.setdefault(name, {})[param] = yaml.safe_load(value) if value else value
+        except yaml.YAMLError:
+            params.setdefault(name, {})[param] = value
+    return params
+
+
 def _decode_config(args, base):
     """The model's decode config with the command line's overrides."""
     import dataclasses
@@ -46,8 +62,18 @@ def _decode_config(args, base):
     changes = {}
     if args.beam_size is not None:
         changes["beam_size"] = args.beam_size
-    if args.scorer:
-        changes["scorers"] = {**base.scorers, **_parse_scorer_weights(args.scorer)}
+    scorers = {**base.scorers, **_parse_scorer_weights(args.scorer)}
+    params = {name: dict(p) for name, p in base.scorer_params.items()}
+    for name, extra in _parse_scorer_params(args.scorer_param).items():
+        params.setdefault(name, {}).update(extra)
+    if args.lm:
+        params.setdefault("lm", {})["path"] = args.lm
+    if args.hotword:
+        params.setdefault("hotwords", {})["phrases"] = list(args.hotword)
+    for name, flag in (("lm", "--lm"), ("hotwords", "--hotword")):
+        if name in params and name not in scorers:
+            raise ConfigError(f"{flag} needs a weight for the {name!r} scorer: add --scorer {name}=WEIGHT")
+    changes["scorers"], changes["scorer_params"] = scorers, params
     if args.batch_seconds is not None:
         changes["batch_seconds"] = args.batch_seconds
     return dataclasses.replace(base, **changes)
@@ -136,6 +162,44 @@ def cmd_train(args) -> int:
     summary = f"model package: {package}"
     if last:
         summary += f" (epoch {last.epoch}: valid loss {last.valid_loss:.3f}, valid CER {last.valid_cer:.2f}%)"
+    print(summary)
+    return EXIT_OK
+
+
+def cmd_train_lm(args) -> int:
+    import dataclasses
+
+    import torch
+
+    from asr_s2s.lm import LMTrainer, load_lm_config, read_text, split_valid
+    from asr_s2s.package import save_lm_package
+    from asr_s2s.tokenizer import CharTokenizer
+    from asr_s2s.trainer import seed_everything
+
+    config = load_lm_config(args.config)
+    if args.epochs is not None:
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=args.epochs))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    registry = _registry(args)
+    tokenizer = CharTokenizer()
+    sentences = read_text(args.text, tokenizer)
+    if args.valid_text:
+        train, valid = sentences, read_text(args.valid_text, tokenizer)
+    else:
+        train, valid = split_valid(sentences, config.train.valid_fraction, config.train.seed)
+    log.info("LM text: %d training and %d validation sentences, %d characters",
+             len(train), len(valid), sum(map(len, train)))
+    seed_everything(config.train.seed)
+    lm = registry.build("lm", config.lm, "lm", vocab_size=len(tokenizer))
+    log.info("language model: %.2fM parameters", sum(p.numel() for p in lm.parameters()) / 1e6)
+    exp_dir = Path(args.exp_dir)
+    trainer = LMTrainer(lm, tokenizer, config.train, train, valid, exp_dir, device=args.device, progress=not args.quiet)
+    results = trainer.fit(resume=args.resume)
+    package = save_lm_package(trainer.lm.cpu(), config.lm, tokenizer, exp_dir / "lm", registry)
+    summary = f"language model package: {package}"
+    if results:
+        summary += f" (epoch {results[-1].epoch}: valid perplexity {results[-1].valid_ppl:.3f} per character)"
     print(summary)
     return EXIT_OK
 
@@ -247,11 +311,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("train-lm", parents=[common], help="train a character language model on text",
+                       description="Train a language model for shallow fusion (the 'lm' scorer) on plain text, "
+                                   "one sentence per line, and export EXP_DIR/lm.")
+    p.add_argument("--text", required=True, nargs="+", metavar="FILE", help="training text files")
+    p.add_argument("--valid-text", nargs="+", metavar="FILE",
+                   help="validation text (default: hold out train.valid_fraction of --text)")
+    p.add_argument("--config", help="LM YAML with 'lm' ({name: lstm, ...}) and 'train' sections (default: built-in)")
+    p.add_argument("--exp-dir", required=True, help="output folder: checkpoint, log, lm/")
+    p.add_argument("--resume", action="store_true", help="continue from EXP_DIR's checkpoint")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.set_defaults(func=cmd_train_lm)
+
     decode = argparse.ArgumentParser(add_help=False)
     decode.add_argument("--model", required=True, help="model package directory (EXP_DIR/model)")
     decode.add_argument("--beam-size", type=int, help="beam size; 1 with the decoder alone is greedy (default: the model's)")
     decode.add_argument("--scorer", action="append", metavar="NAME=WEIGHT",
                         help="scorer weight, e.g. length_bonus=0.5 (repeatable; 0 turns one off)")
+    decode.add_argument("--scorer-param", action="append", metavar="NAME.KEY=VALUE",
+                        help="a scorer's param, e.g. ngram.path=lm.arpa (repeatable; VALUE is read as YAML)")
+    decode.add_argument("--lm", metavar="DIR", help="language model package for the 'lm' scorer (give --scorer lm=WEIGHT)")
+    decode.add_argument("--hotword", action="append", metavar="PHRASE",
+                        help="phrase to boost with the 'hotwords' scorer (repeatable; give --scorer hotwords=WEIGHT)")
     decode.add_argument("--batch-seconds", type=float, help="padded audio seconds decoded together")
     decode.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 

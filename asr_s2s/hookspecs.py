@@ -42,6 +42,20 @@ def asr_s2s_register_decoders() -> list[type]:
 
 
 @hookspec
+def asr_s2s_register_lms() -> list[type]:
+    """Contribute language-model classes (subclasses of :class:`asr_s2s.interfaces.LanguageModel`).
+
+    A language model maps input tokens ``(B, U)`` (starting with ``<sos>``) to
+    next-token logits ``(B, U, V)`` and offers a batched incremental
+    ``init_state``/``step``/``select`` API, so that the ``lm`` scorer can fuse
+    it into beam search. ``asr-s2s train-lm`` builds one from config.
+    Its constructor takes ``vocab_size`` (V) plus its own params.
+
+    :returns: a list of language-model classes, each with a unique ``name``.
+    """
+
+
+@hookspec
 def asr_s2s_register_scorers() -> list[type]:
     """Contribute beam-search scorer classes (subclasses of :class:`asr_s2s.interfaces.Scorer`).
 

@@ -18,7 +18,9 @@ import os
 import platform
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -28,26 +30,61 @@ from safetensors.torch import load_file, save_file
 from asr_s2s.config import DecodeConfig, ExperimentConfig, ModelConfig, from_dict, to_dict
 from asr_s2s.errors import ConfigError, ModelPackageError
 from asr_s2s.features import CMVNStats
+from asr_s2s.interfaces import LanguageModel
 from asr_s2s.model import ASRModel
 from asr_s2s.plugins import Registry
 from asr_s2s.tokenizer import CharTokenizer
 
 FORMAT_VERSION = 1
 FILES = ("config.yaml", "tokens.txt", "cmvn.json", "model.safetensors", "versions.json")
+LM_FILES = ("config.yaml", "tokens.txt", "model.safetensors", "versions.json")
+LM_KIND = "lm"  # config.yaml's ``kind`` in a language-model package
 
 
 def save_package(model: ASRModel, decode: DecodeConfig, path: str | os.PathLike, registry: Registry | None = None) -> Path:
     """Write ``model`` as a package directory, atomically replacing any old one."""
-    path = Path(path)
+
+    def write(tmp: Path) -> None:
+        config = {"format_version": FORMAT_VERSION, "model": to_dict(model.config), "decode": to_dict(decode)}
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        model.tokenizer.save(tmp / "tokens.txt")
+        model.frontend.cmvn.save(tmp / "cmvn.json")
+        _save_weights(model, tmp / "model.safetensors")
+        (tmp / "versions.json").write_text(json.dumps(_versions(registry), indent=2) + "\n")
+
+    return _write_atomically(Path(path), write)
+
+
+def save_lm_package(
+    lm: LanguageModel, config: Mapping[str, Any], tokenizer: CharTokenizer, path: str | os.PathLike,
+    registry: Registry | None = None,
+) -> Path:
+    """Write a language model (``config`` is its ``{name: ..., **params}``) as a package directory."""
+
+    def write(tmp: Path) -> None:
+        meta = {"format_version": FORMAT_VERSION, "kind": LM_KIND, "lm": dict(config)}
+        (tmp / "config.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+        tokenizer.save(tmp / "tokens.txt")
+        _save_weights(lm, tmp / "model.safetensors")
+        (tmp / "versions.json").write_text(json.dumps(_versions(registry), indent=2) + "\n")
+
+    return _write_atomically(Path(path), write)
+
+
+def _save_weights(module: torch.nn.Module, path: Path) -> None:
+    weights = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(weights, str(path), metadata={"format_version": str(FORMAT_VERSION)})
+
+
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
+    """Fill a temporary sibling directory with ``write``, then swap it in for ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    config = {"format_version": FORMAT_VERSION, "model": to_dict(model.config), "decode": to_dict(decode)}
-    (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    model.tokenizer.save(tmp / "tokens.txt")
-    model.frontend.cmvn.save(tmp / "cmvn.json")
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(tmp / "model.safetensors"), metadata={"format_version": str(FORMAT_VERSION)})
-    (tmp / "versions.json").write_text(json.dumps(_versions(registry), indent=2) + "\n")
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if path.exists():
         old = path.with_name(path.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -82,21 +119,13 @@ def load_package(path: str | os.PathLike, registry: Registry | None = None) -> t
     path = Path(path)
     if not path.is_dir():
         raise ModelPackageError(f"{path}: no such model directory")
-    missing = [f for f in FILES if not (path / f).is_file()]
-    if missing:
-        raise ModelPackageError(f"{path}: not a model package; missing {', '.join(missing)}")
+    raw = _read_config(path, FILES, kind=None)
     try:
-        raw = yaml.safe_load((path / "config.yaml").read_text())
-        if not isinstance(raw, dict):
-            raise ConfigError(f"expected a mapping, got {type(raw).__name__}")
-        version = raw.pop("format_version", None)
-        if version != FORMAT_VERSION:
-            raise ModelPackageError(f"{path / 'config.yaml'}: format_version {version!r}; this asr-s2s reads {FORMAT_VERSION}")
         config = ExperimentConfig(
             model=from_dict(ModelConfig, raw.get("model", {}), "model"),
             decode=from_dict(DecodeConfig, raw.get("decode", {}), "decode"),
         )
-    except (yaml.YAMLError, ConfigError, AttributeError) as exc:
+    except (ConfigError, AttributeError) as exc:
         raise ModelPackageError(f"{path / 'config.yaml'}: {exc}") from None
     try:
         tokenizer = CharTokenizer.load(path / "tokens.txt")
@@ -104,18 +133,63 @@ def load_package(path: str | os.PathLike, registry: Registry | None = None) -> t
     except Exception as exc:  # noqa: BLE001 - any parse failure means a broken package
         raise ModelPackageError(f"{path}: unreadable tokens.txt or cmvn.json: {exc}") from None
     model = ASRModel(config.model, tokenizer, cmvn, registry or Registry())
-    weights_file = path / "model.safetensors"
+    _load_weights(model, path / "model.safetensors", f"config.yaml/tokens.txt ({len(tokenizer)} tokens)")
+    return model.eval(), config
+
+
+def load_lm_package(path: str | os.PathLike, registry: Registry | None = None) -> tuple[LanguageModel, CharTokenizer]:
+    """Load a language-model package written by :func:`save_lm_package`.
+
+    :returns: the model in eval mode and its tokenizer.
+    :raises ModelPackageError: naming the missing, corrupt or mismatched file.
+    """
+    path = Path(path)
+    raw = _read_config(path, LM_FILES, kind=LM_KIND)
+    try:
+        tokenizer = CharTokenizer.load(path / "tokens.txt")
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a broken package
+        raise ModelPackageError(f"{path}: unreadable tokens.txt: {exc}") from None
+    config = raw.get("lm")
+    if not isinstance(config, dict):
+        raise ModelPackageError(f"{path / 'config.yaml'}: 'lm' must be a mapping such as {{name: lstm, ...}}")
+    lm = (registry or Registry()).build("lm", config, f"{path / 'config.yaml'}: lm", vocab_size=len(tokenizer))
+    _load_weights(lm, path / "model.safetensors", f"config.yaml/tokens.txt ({len(tokenizer)} tokens)")
+    return lm.eval(), tokenizer
+
+
+def _read_config(path: Path, files: tuple[str, ...], kind: str | None) -> dict:
+    """config.yaml of a package holding ``files``, checked for format version and kind."""
+    if not path.is_dir():
+        raise ModelPackageError(f"{path}: no such model directory")
+    what = "language-model package" if kind == LM_KIND else "model package"
+    raw = None
+    if (path / "config.yaml").is_file():
+        try:
+            raw = yaml.safe_load((path / "config.yaml").read_text())
+        except yaml.YAMLError as exc:
+            raise ModelPackageError(f"{path / 'config.yaml'}: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ModelPackageError(f"{path / 'config.yaml'}: expected a mapping, got {type(raw).__name__}")
+        found = raw.pop("kind", None)
+        if found != kind:
+            other = "a language-model package (from train-lm)" if found == LM_KIND else "an acoustic model package"
+            raise ModelPackageError(f"{path}: this is {other}, not a {what}")
+    missing = [f for f in files if not (path / f).is_file()]
+    if missing:
+        raise ModelPackageError(f"{path}: not a {what}; missing {', '.join(missing)}")
+    version = raw.pop("format_version", None)
+    if version != FORMAT_VERSION:
+        raise ModelPackageError(f"{path / 'config.yaml'}: format_version {version!r}; this asr-s2s reads {FORMAT_VERSION}")
+    return raw
+
+
+def _load_weights(module: torch.nn.Module, weights_file: Path, against: str) -> None:
     try:
         weights = load_file(str(weights_file))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelPackageError(f"{weights_file}: corrupt or truncated weights ({exc})") from None
     try:
-        model.load_state_dict(weights, strict=True)
+        module.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
         detail = str(exc).split("\n", 1)[-1].strip()
-        raise ModelPackageError(
-            f"{weights_file}: weights do not match config.yaml/tokens.txt ({len(tokenizer)} tokens): {detail}"
-        ) from None
-    return model.eval(), config
-
-
+        raise ModelPackageError(f"{weights_file}: weights do not match {against}: {detail}") from None

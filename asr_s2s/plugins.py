@@ -30,11 +30,12 @@ ENTRY_POINT_GROUP = "asr_s2s"
 DISABLE_AUTOLOAD_ENV = "ASR_S2S_DISABLE_AUTOLOAD"
 DISABLE_PLUGINS_ENV = "ASR_S2S_DISABLE_PLUGINS"
 
-Kind = Literal["encoder", "decoder", "scorer"]
-KINDS: tuple[Kind, ...] = ("encoder", "decoder", "scorer")
+Kind = Literal["encoder", "decoder", "lm", "scorer"]
+KINDS: tuple[Kind, ...] = ("encoder", "decoder", "lm", "scorer")
 _HOOK_OF_KIND = {
     "encoder": "asr_s2s_register_encoders",
     "decoder": "asr_s2s_register_decoders",
+    "lm": "asr_s2s_register_lms",
     "scorer": "asr_s2s_register_scorers",
 }
 

@@ -240,7 +240,7 @@ def test_unknown_scorer_exits_2_naming_it(run_cli, trained_package, tmp_path):
         "--output-dir", tmp_path / "d", "--quiet",
     )
     assert code == 2 and out == ""
-    assert "'foo'" in err and "Known scorers: decoder, length_bonus" in err
+    assert "'foo'" in err and "Known scorers: coverage, ctc, decoder," in err
     assert not (tmp_path / "d").exists()
 
 

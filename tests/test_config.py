@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from asr_s2s.lm import LMExperimentConfig, load_lm_config
 from asr_s2s.config import (
     DecodeConfig,
     ExperimentConfig,
@@ -41,7 +42,11 @@ def test_tiny_config_loads(tiny_config):
 
 @pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*/conf/*.yaml")), ids=lambda p: p.name)
 def test_recipe_configs_load(path):
-    assert isinstance(load_config(path), ExperimentConfig)
+    """Acoustic configs load as experiments; language-model configs (``lm_*.yaml``) as LM experiments."""
+    if path.name.startswith("lm_"):
+        assert isinstance(load_lm_config(path), LMExperimentConfig)
+    else:
+        assert isinstance(load_config(path), ExperimentConfig)
 
 
 def test_empty_file_gives_defaults(tmp_path):

@@ -21,8 +21,8 @@ def _recognizer(model, registry, **decode) -> Recognizer:
 def test_build_scorers(random_model, registry):
     scorers = build_scorers(random_model, registry, {"decoder": 1.0, "length_bonus": 0.0}, {})
     assert list(scorers) == ["decoder"]
-    with pytest.raises(PluginError, match="unknown scorer 'ctc'.*Known scorers: decoder, length_bonus"):
-        build_scorers(random_model, registry, {"decoder": 1.0, "ctc": 0.0}, {})
+    with pytest.raises(PluginError, match="unknown scorer 'ctx'. Did you mean 'ctc'.*Known scorers: coverage, ctc"):
+        build_scorers(random_model, registry, {"decoder": 1.0, "ctx": 0.0}, {})
     with pytest.raises(ConfigError, match="'length_bonus' has params but no weight"):
         build_scorers(random_model, registry, {"decoder": 1.0}, {"length_bonus": {}})
 
