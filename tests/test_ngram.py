@@ -1,0 +1,453 @@
+"""The ``ngram`` scorer plugin: ARPA reading, back-off lookup, char and word level scoring, search.
+
+Reference values come from a few lines of plain Python applying the ARPA
+back-off definition to the same dictionaries the test files are written
+from, never from the plugin's own parser or tables.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from asr_s2s.errors import ConfigError
+from asr_s2s.plugins import Registry
+from asr_s2s.recognizer import build_scorers
+from asr_s2s.search import BeamSearch, SearchOptions
+from asr_s2s.tokenizer import CharTokenizer
+from asr_s2s_plugins.ngram import ArpaError, NgramScorer, NgramTables, read_arpa
+
+LN10 = math.log(10)
+FLOOR_LOG10 = -99.0
+
+Ngrams = list[dict[tuple[str, ...], tuple[float, float | None]]]  # per order: words -> (log10 p, log10 bow)
+
+TRIGRAM_ARPA = """\
+Written by hand for the tests.
+
+\\data\\
+ngram 1=5
+ngram 2=4
+ngram 3=2
+
+\\1-grams:
+-1.0\t<unk>
+-99\t<s>\t-0.5
+-0.7\t</s>
+-0.6\tA\t-0.3
+-0.8\tB\t-0.2
+
+\\2-grams:
+-0.4 <s> A -0.1
+-0.5 A B -0.25
+-0.3 B </s>
+-0.9 A A
+
+\\3-grams:
+-0.2 <s> A B
+-0.15 A B </s>
+
+\\end\\
+"""
+
+WORD_ARPA = """\
+\\data\\
+ngram 1=7
+ngram 2=6
+
+\\1-grams:
+-1.5 <unk> -0.1
+-99 <s> -0.4
+-1.0 </s>
+-0.8 THE -0.3
+-1.2 CAT -0.2
+-1.3 CATS
+-1.1 SAT -0.25
+
+\\2-grams:
+-0.2 <s> THE
+-0.5 THE CAT
+-0.7 CAT SAT
+-0.3 SAT </s>
+-0.9 THE <unk>
+-0.6 <unk> SAT
+
+\\end\\
+"""
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def write_arpa(path, ngrams: Ngrams) -> str:
+    """Write ``ngrams`` as an ARPA file; returns the path as a string."""
+    lines = ["\\data\\", *(f"ngram {n}={len(t)}" for n, t in enumerate(ngrams, 1)), ""]
+    for n, table in enumerate(ngrams, 1):
+        lines.append(f"\\{n}-grams:")
+        for words, (lp, bow) in table.items():
+            lines.append(" ".join([repr(lp), *words] + ([] if bow is None else [repr(bow)])))
+        lines.append("")
+    path.write_text("\n".join([*lines, "\\end\\", ""]))
+    return str(path)
+
+
+def parse_simple(text: str) -> Ngrams:
+    """The n-grams of a well-formed ARPA text, the naive way (for the hand-written files)."""
+    ngrams: Ngrams = []
+    for line in text.split("\\data\\")[1].split("\\end\\")[0].splitlines():
+        fields = line.split()
+        if line.endswith("-grams:"):
+            ngrams.append({})
+        elif ngrams and fields:
+            n = len(ngrams)
+            ngrams[-1][tuple(fields[1 : n + 1])] = (float(fields[0]), float(fields[n + 1]) if len(fields) > n + 1 else None)
+    return ngrams
+
+
+def ref_logprob(ngrams: Ngrams, context: list[str], word: str) -> float:
+    """Natural-log p(word | context) by the ARPA back-off definition; OOV words read as <unk>."""
+    vocab = {w for (w,) in ngrams[0]}
+    if word not in vocab and ("<unk>",) in ngrams[0]:
+        word = "<unk>"
+    context = ["<unk>" if w not in vocab and ("<unk>",) in ngrams[0] else w for w in context]
+    order = len(ngrams)
+    ctx = tuple(context[len(context) - (order - 1) :]) if order > 1 else ()
+    total = 0.0
+    while True:
+        entry = ngrams[len(ctx)].get((*ctx, word))
+        if entry is not None:
+            return (total + entry[0]) * LN10
+        if not ctx:
+            return (total + FLOOR_LOG10) * LN10
+        total += ngrams[len(ctx) - 1].get(ctx, (0.0, None))[1] or 0.0
+        ctx = ctx[1:]
+
+
+def ref_sentence(ngrams: Ngrams, words: list[str]) -> float:
+    """Natural-log p(<s> words </s>)."""
+    context = ["<s>"]
+    total = 0.0
+    for w in [*words, "</s>"]:
+        total += ref_logprob(ngrams, context, w)
+        context.append(w)
+    return total
+
+
+def char_words(text: str) -> list[str]:
+    """The words of a char-level LM for ``text``."""
+    return ["<space>" if c == " " else c for c in text]
+
+
+def random_char_lm(seed: int, letters: str = "ABC", with_unk: bool = True) -> Ngrams:
+    """A random (unnormalised but well-formed) char trigram LM, with some histories missing."""
+    rng = random.Random(seed)
+    vocab = ["<s>", "</s>", "<space>", *letters, *(["<unk>"] if with_unk else [])]
+    predicted = [w for w in vocab if w != "<s>"]
+    contexts = [w for w in vocab if w != "</s>"]
+
+    def lp() -> float:
+        return round(rng.uniform(-2.5, -0.1), 4)
+
+    def bow() -> float:
+        return round(rng.uniform(-1.0, 0.3), 4)
+
+    uni = {(w,): (lp(), bow()) for w in vocab}
+    uni[("<s>",)] = (-99.0, bow())
+    bi = {(a, b): (lp(), bow()) for a in contexts for b in predicted if rng.random() < 0.5}
+    tri = {(a, b, c): (lp(), None) for a in contexts for b in contexts[1:] for c in predicted if rng.random() < 0.15}
+    return [uni, bi, tri]
+
+
+TOKENIZER = CharTokenizer()
+FAKE_MODEL = SimpleNamespace(tokenizer=TOKENIZER, vocab_size=len(TOKENIZER))
+
+
+def ids(text: str) -> list[int]:
+    return TOKENIZER.encode(text)
+
+
+def run_scorer(scorer: NgramScorer, texts: list[str], check) -> torch.Tensor:
+    """Feed equal-length ``texts`` through ``score``/``select``; ``check(step, scores (N, V))`` sees every step.
+
+    :returns: per row, the summed scores of the texts' tokens and a final ``<eos>``, ``(N,)`` float64.
+    """
+    n = len(texts)
+    tokens = torch.tensor([ids(t) for t in texts])  # (N, L)
+    state = scorer.init_state(torch.zeros(n, 1, 1), torch.ones(n, dtype=torch.long))
+    prefix = torch.full((n, 1), TOKENIZER.sos_id)
+    total = torch.zeros(n, dtype=torch.float64)
+    rows = torch.arange(n)
+    for step in range(tokens.shape[1] + 1):
+        scores, new_state = scorer.score(prefix, state)
+        assert scores.shape == (n, len(TOKENIZER)) and scores.dtype == torch.float32
+        check(step, scores)
+        if step == tokens.shape[1]:
+            return total + scores[:, TOKENIZER.eos_id].double()
+        total += scores[rows, tokens[:, step]].double()
+        state = scorer.select(new_state, rows, tokens[:, step])
+        prefix = torch.cat([prefix, tokens[:, step : step + 1]], 1)
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture
+def trigram_path(tmp_path) -> str:
+    path = tmp_path / "tri.arpa"
+    path.write_text(TRIGRAM_ARPA)
+    return str(path)
+
+
+# -- (1) reading and lookup of seen n-grams -----------------------------------------------------
+def test_reader_returns_natural_log_values(trigram_path):
+    arpa = read_arpa(trigram_path)
+    expected = parse_simple(TRIGRAM_ARPA)
+    assert arpa.order == 3 and [len(t) for t in arpa.ngrams] == [5, 4, 2]
+    for table, ref in zip(arpa.ngrams, expected):
+        assert table.keys() == ref.keys()
+        for words, (lp, bow) in ref.items():
+            assert table[words] == pytest.approx((lp * LN10, (bow or 0.0) * LN10))
+
+
+def _hist(tables: NgramTables, *words: str) -> int:
+    return tables.history_ids[tuple(words)]
+
+
+def _logprob(tables: NgramTables, history: tuple[str, ...], word: str) -> float:
+    h = torch.tensor([_hist(tables, *history)])
+    return float(tables.logprob(h, torch.tensor([tables.word_id(word)]))[0])
+
+
+def test_seen_ngrams_give_the_file_values(trigram_path):
+    tables = NgramTables(read_arpa(trigram_path))
+    for table in parse_simple(TRIGRAM_ARPA):
+        for words, (lp, _) in table.items():
+            assert _logprob(tables, words[:-1], words[-1]) == pytest.approx(lp * LN10, abs=1e-9), words
+
+
+# -- (2) back-off -------------------------------------------------------------------------------
+def test_unseen_trigram_backs_off(trigram_path):
+    tables = NgramTables(read_arpa(trigram_path))
+    # "<s> A A" unseen: bow(<s> A) + p(A | A)
+    assert _logprob(tables, ("<s>", "A"), "A") == pytest.approx((-0.1 + -0.9) * LN10)
+    # "A B A" and "B A" unseen: bow(A B) + bow(B) + p(A)
+    assert _logprob(tables, ("A", "B"), "A") == pytest.approx((-0.25 + -0.2 + -0.6) * LN10)
+    # from the bigram history "B": the seen bigram "B </s>", no back-off
+    assert _logprob(tables, ("B",), "</s>") == pytest.approx(-0.3 * LN10)
+    # an unknown word is <unk>, backing off from the bigram history
+    assert _logprob(tables, ("A",), "ZZZ") == pytest.approx((-0.3 + -1.0) * LN10)
+
+
+def test_next_history_is_the_longest_known_suffix(trigram_path):
+    tables = NgramTables(read_arpa(trigram_path))
+    cases = [
+        (("<s>",), "A", ("<s>", "A")),
+        (("<s>", "A"), "B", ("A", "B")),  # trimmed to order - 1 words
+        (("A", "B"), "A", ("A",)),  # "B A" unknown
+        (("A", "B"), "</s>", ("B", "</s>")),
+        (("A",), "ZZZ", ("<unk>",)),  # OOV reads as <unk>
+        ((), "A", ("A",)),
+    ]
+    history = torch.tensor([_hist(tables, *h) for h, _, _ in cases])
+    words = torch.tensor([tables.word_id(w) for _, w, _ in cases])
+    expected = [_hist(tables, *e) for _, _, e in cases]
+    assert tables.next_history(history, words).tolist() == expected
+
+
+def test_unknown_word_without_unk_gets_the_floor(tmp_path):
+    ngrams = random_char_lm(3, with_unk=False)
+    tables = NgramTables(read_arpa(write_arpa(tmp_path / "lm.arpa", ngrams)))
+    got = tables.logprob(torch.tensor([0, tables.start]), torch.tensor([tables.word_id("Q")] * 2))
+    assert float(got[0]) == pytest.approx(FLOOR_LOG10 * LN10), "at the root: the floor itself"
+    assert float(got[1]) == pytest.approx(ref_logprob(ngrams, ["<s>"], "Q")), "after <s>: its back-off weight + the floor"
+
+
+def test_orders_one_and_four(tmp_path):
+    uni = {("<s>",): (-99.0, None), ("</s>",): (-0.5, None), ("A",): (-0.3, None)}
+    tables = NgramTables(read_arpa(write_arpa(tmp_path / "uni.arpa", [uni])))
+    assert _logprob(tables, (), "A") == pytest.approx(-0.3 * LN10)
+    assert tables.next_history(torch.tensor([0]), torch.tensor([tables.word_id("A")])).tolist() == [0]
+
+    four = [
+        {("<s>",): (-99.0, -0.1), ("A",): (-0.4, -0.2), ("</s>",): (-0.6, None)},
+        {("<s>", "A"): (-0.3, -0.3), ("A", "A"): (-0.5, -0.05)},
+        {("<s>", "A", "A"): (-0.2, -0.15)},
+        {("<s>", "A", "A", "A"): (-0.1, None)},
+    ]
+    tables = NgramTables(read_arpa(write_arpa(tmp_path / "four.arpa", four)))
+    assert _logprob(tables, ("<s>", "A", "A"), "A") == pytest.approx(-0.1 * LN10)
+    assert _logprob(tables, ("<s>", "A", "A"), "</s>") == pytest.approx(ref_logprob(four, ["<s>", "A", "A"], "</s>"))
+
+
+# -- (3) char level -----------------------------------------------------------------------------
+def _char_token_word(token: str) -> str:
+    return {"<sos/eos>": "</s>", " ": "<space>"}.get(token, token)
+
+
+@pytest.mark.parametrize("with_unk", [True, False])
+def test_char_scores_equal_per_prefix_values(tmp_path, with_unk):
+    ngrams = random_char_lm(7, with_unk=with_unk)
+    scorer = NgramScorer.from_model(FAKE_MODEL, path=write_arpa(tmp_path / "c.arpa", ngrams), unit="char")
+    texts = ["AB CA", "ZZA B", "  CCC", "BACAB", "C' AZ"]
+
+    def check(step, scores):
+        for row, text in enumerate(texts):
+            context = ["<s>", *char_words(text[:step])]
+            expected = [ref_logprob(ngrams, context, _char_token_word(t)) for t in TOKENIZER.tokens]
+            torch.testing.assert_close(scores[row].double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=1e-4)
+
+    totals = run_scorer(scorer, texts, check)
+    for row, text in enumerate(texts):
+        assert float(totals[row]) == pytest.approx(ref_sentence(ngrams, char_words(text)), abs=1e-3)
+
+
+def test_char_select_gathers_rows(tmp_path):
+    ngrams = random_char_lm(11)
+    scorer = NgramScorer.from_model(FAKE_MODEL, path=write_arpa(tmp_path / "c.arpa", ngrams))
+    texts = ["AB", "CA", " B"]
+    state = scorer.init_state(torch.zeros(3, 1, 1), torch.ones(3, dtype=torch.long))
+    tokens = torch.tensor([ids(t) for t in texts])
+    for step in range(2):
+        _, state = scorer.score(None, state)
+        state = scorer.select(state, torch.arange(3), tokens[:, step])
+    _, state = scorer.score(None, state)
+    index, appended = torch.tensor([2, 2, 0]), torch.tensor(ids("ACB"))
+    scores, _ = scorer.score(None, scorer.select(state, index, appended))
+    for row, (src, tok) in enumerate(zip(index.tolist(), "ACB")):
+        context = ["<s>", *char_words(texts[src] + tok)]
+        assert float(scores[row, ids("C")[0]]) == pytest.approx(ref_logprob(ngrams, context, "C"), abs=1e-4)
+
+
+# -- (4) word level -----------------------------------------------------------------------------
+def test_word_level_scores_at_word_ends_only(tmp_path):
+    path = tmp_path / "w.arpa"
+    path.write_text(WORD_ARPA)
+    ngrams = parse_simple(WORD_ARPA)
+    scorer = NgramScorer.from_model(FAKE_MODEL, path=str(path), unit="word")
+    space, eos = ids(" ")[0], TOKENIZER.eos_id
+    # the same length each, so one batch; OOV "DOG", a non-word prefix "CA", leading and double spaces
+    texts = ["THE CAT SAT", "THE DOG SAT", " THE  CATS ", "CA THE  CAT"]
+
+    def check(step, scores):
+        others = [v for v in range(len(TOKENIZER)) if v not in (space, eos)]
+        assert torch.all(scores[:, others] == 0), "characters score 0"
+        for row, text in enumerate(texts):
+            done, partial = text[:step].rsplit(" ", 1) if " " in text[:step] else ("", text[:step])
+            context = ["<s>", *done.split()]
+            if partial:
+                word = ref_logprob(ngrams, context, partial)
+                assert float(scores[row, space]) == pytest.approx(word, abs=1e-4)
+                end = word + ref_logprob(ngrams, [*context, partial], "</s>")
+            else:
+                assert float(scores[row, space]) == 0.0, "a space after a space or at the start scores 0"
+                end = ref_logprob(ngrams, context, "</s>")
+            assert float(scores[row, eos]) == pytest.approx(end, abs=1e-4)
+
+    totals = run_scorer(scorer, texts, check)
+    for row, text in enumerate(texts):
+        assert float(totals[row]) == pytest.approx(ref_sentence(ngrams, text.split()), abs=1e-3)
+    # OOV words really read as <unk>: "THE DOG SAT" uses p(<unk> | THE) and p(SAT | <unk>)
+    assert float(totals[1]) == pytest.approx((-0.2 - 0.9 - 0.6 - 0.3) * LN10, abs=1e-3)
+    assert float(totals[3]) == pytest.approx(ref_sentence(ngrams, ["<unk>", "THE", "CAT"]), abs=1e-3)
+
+
+# -- (5) errors ---------------------------------------------------------------------------------
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.arpa"
+    with pytest.raises(ArpaError, match="not found") as info:
+        NgramScorer.from_model(FAKE_MODEL, path=str(path))
+    assert str(path) in str(info.value)
+    assert isinstance(info.value, ConfigError)
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    lines = TRIGRAM_ARPA.splitlines()
+    bad = lines.index("-0.5 A B -0.25")
+    lines[bad] = "-0.5 A B minus"
+    path = tmp_path / "bad.arpa"
+    path.write_text("\n".join(lines))
+    with pytest.raises(ArpaError, match=f"{path}:{bad + 1}: back-off weight 'minus' is not a number"):
+        read_arpa(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (("ngram 2=4", "ngram 2=5"), "declares ngram 2=5 but the \\\\2-grams: section has 4"),
+        (("-0.2 <s> A B", "-0.2 <s> A B -0.1"), "a 3-gram line needs 4 fields, got 5"),
+        (("\\end\\", ""), "no \\\\end\\\\"),
+        (("\\3-grams:", "\\4-grams:"), "unexpected \\\\4-grams:"),
+        (("-0.9 A A", "-0.5 A B"), "duplicate 2-gram 'A B'"),
+    ],
+)
+def test_corrupt_files(tmp_path, change, match):
+    path = tmp_path / "bad.arpa"
+    path.write_text(TRIGRAM_ARPA.replace(*change))
+    with pytest.raises(ArpaError, match=match):
+        read_arpa(path)
+
+
+def test_bad_unit(trigram_path):
+    with pytest.raises(ConfigError, match="unit must be one of 'char', 'word', got 'phone'"):
+        NgramScorer.from_model(FAKE_MODEL, path=trigram_path, unit="phone")
+
+
+# -- (6, 7) beam search -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ngram_registry(registry) -> Registry:
+    """The session registry: the built-in ngram scorer is found through its entry point."""
+    assert "ngram" in registry.names("scorer")
+    return registry
+
+
+@pytest.fixture(scope="module")
+def encoded(random_model, fixture_batch):
+    with torch.inference_mode():
+        states, lengths = random_model.encode(fixture_batch.feats[:3], fixture_batch.feat_lengths[:3])
+    return states[:, : int(lengths.max())], lengths
+
+
+def _search(model, registry, weights, params, **options) -> BeamSearch:
+    tok = model.tokenizer
+    scorers = build_scorers(model, registry, weights, params)
+    options = {"beam_size": 3, "max_length_ratio": 0.5, **options}
+    return BeamSearch(scorers, SearchOptions(weights=weights, **options), tok.sos_id, tok.eos_id, model.vocab_size)
+
+
+def test_search_with_zero_and_positive_weight(tmp_path, random_model, ngram_registry, encoded):
+    states, lengths = encoded
+    ngrams = random_char_lm(5, letters="ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
+    params = {"ngram": {"path": write_arpa(tmp_path / "c.arpa", ngrams)}}
+    alone = _search(random_model, ngram_registry, {"decoder": 1.0}, {}, nbest=3)(states, lengths)
+    zero = _search(random_model, ngram_registry, {"decoder": 1.0, "ngram": 0.0}, params, nbest=3)(states, lengths)
+    assert alone == zero
+
+    weights = {"decoder": 1.0, "ngram": 0.5}
+    results = _search(random_model, ngram_registry, weights, params, nbest=3)(states, lengths)
+    assert len(results) == len(lengths) and all(results)
+    for nbest in results:
+        for hyp in nbest:
+            text = TOKENIZER.decode(hyp.tokens)
+            assert hyp.scores["ngram"] == pytest.approx(ref_sentence(ngrams, char_words(text)), abs=1e-3)
+            assert hyp.score == pytest.approx(sum(weights[k] * v for k, v in hyp.scores.items()), abs=1e-6)
+
+
+def test_positive_weight_pulls_the_output_towards_the_lm(tmp_path, random_model, ngram_registry, encoded):
+    states, lengths = encoded
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ'"
+    uni = {("<s>",): (-99.0, None), ("</s>",): (-3.0, None), ("<space>",): (-3.0, None), ("<unk>",): (-3.0, None)}
+    uni.update({(c,): (-0.01 if c == "E" else -3.0, None) for c in letters})
+    params = {"ngram": {"path": write_arpa(tmp_path / "e.arpa", [uni])}}
+
+    def share_of_e(weights) -> float:
+        texts = [n[0].tokens for n in _search(random_model, ngram_registry, weights, params)(states, lengths)]
+        tokens = [t for seq in texts for t in seq]
+        return sum(t == ids("E")[0] for t in tokens) / max(len(tokens), 1)
+
+    before = share_of_e({"decoder": 1.0, "ngram": 0.0})
+    after = share_of_e({"decoder": 1.0, "ngram": 1.0})
+    assert after > max(before, 0.5)
+
+
+def test_registered_as_a_scorer(ngram_registry):
+    assert ngram_registry.get("scorer", "ngram").cls is NgramScorer
