@@ -62,7 +62,10 @@ Output (``DIR``):
     mono 16-bit FLAC), ``<speaker>-<chapter>.trans.txt`` beside them, about 40
     utterances per chapter; ``SPEAKERS.TXT`` in LibriSpeech's format (NAME is the
     espeak-ng voice, SEX the gender espeak-ng lists for the variant); ``SPLITS.json`` (held-out accents, variants and speakers and
-    counts per split); ``.build.json`` (the build parameters, written last).
+    counts per split); ``lm-text.txt`` (the language-model corpus, as LibriSpeech's
+    ``librispeech-lm-norm.txt``: every sentence of the training pool, one per line,
+    spoken or not; no dev or test sentence is in it); ``.build.json`` (the build
+    parameters, written last).
     Re-running with the same parameters on a complete build does nothing; a partial
     build, or one made with other parameters, is deleted and rebuilt.
 
@@ -184,6 +187,7 @@ PARTIAL_MARKER_FILE = ".build.partial.json"
 STAGING_DIR = ".staging"
 SPEAKERS_FILE = "SPEAKERS.TXT"
 SPLITS_FILE = "SPLITS.json"
+LM_TEXT_FILE = "lm-text.txt"
 LICENSE_FILE = "WORDNET_LICENSE.txt"
 
 
@@ -917,6 +921,12 @@ def read_json(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+def write_lm_text(path: Path, sentences: Sequence[str]) -> None:
+    """The language-model corpus: the training pool's sentences, sorted, one per line."""
+    path.write_text("".join(f"{sentence}\n" for sentence in sorted(sentences)))
+    print(f"{path}: {len(sentences)} sentences for language-model training.", flush=True)
+
+
 def write_json(path: Path, value: dict) -> None:
     """Write JSON atomically (temporary file, then rename)."""
     temporary = path.with_name(path.name + ".tmp")
@@ -1037,14 +1047,18 @@ def build(args: argparse.Namespace) -> None:
     """Build the corpus described by ``args`` into ``args.out``."""
     out_dir: Path = args.out
     parameters = build_parameters(args)
-    if is_complete_build(out_dir, parameters):
+    if is_complete_build(out_dir, parameters) and (out_dir / LM_TEXT_FILE).is_file():
         print(f"{out_dir} already holds a complete build with these parameters; nothing to do.")
         return
-    require_espeak()
     sentences = load_sentences(require_wordnet_files())
     print(f"Found {len(sentences)} usable WordNet example sentences.", flush=True)
     seeds = np.random.SeedSequence(args.seed).spawn(6)
     speaker_rng, held_out_rng, sentence_rng, *split_rngs = map(np.random.default_rng, seeds)
+    if is_complete_build(out_dir, parameters):  # built before the LM text existed
+        pools = partition_sentences(sentences, args.dev_fraction, args.test_fraction, sentence_rng)
+        write_lm_text(out_dir / LM_TEXT_FILE, pools[TRAIN_SPLIT])
+        return
+    require_espeak()
 
     prepare_output_dir(out_dir, parameters)
     staging_dir = out_dir / STAGING_DIR
@@ -1087,6 +1101,7 @@ def build(args: argparse.Namespace) -> None:
         write_split(layout[split], out_dir, staging_dir)
     check_disjoint_sentences(layout)
     shutil.rmtree(staging_dir)
+    write_lm_text(out_dir / LM_TEXT_FILE, pools[TRAIN_SPLIT])
 
     summary = {split: split_summary(layout[split], held_out) for split in SPLITS}
     write_speakers_file(out_dir / SPEAKERS_FILE, speakers, layout)

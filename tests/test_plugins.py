@@ -27,7 +27,7 @@ from asr_s2s.plugins import (
 from asr_s2s.search import BeamSearch, SearchOptions, greedy_search
 from asr_s2s.recognizer import build_scorers
 
-from conftest import install_plugin
+from conftest import REPO, install_plugin
 
 ASR_VERSION = importlib.metadata.version("asr-s2s")
 
@@ -83,8 +83,14 @@ def test_builtins_register_through_entry_points(registry):
     expected = {
         ("encoder", "pblstm"): "pblstm",
         ("decoder", "attention"): "attention",
+        ("lm", "lstm"): "lstm_lm",
         ("scorer", "decoder"): "scorers",
         ("scorer", "length_bonus"): "scorers",
+        ("scorer", "coverage"): "scorers",
+        ("scorer", "ctc"): "ctc_prefix",
+        ("scorer", "lm"): "lstm_lm",
+        ("scorer", "ngram"): "ngram",
+        ("scorer", "hotwords"): "hotwords",
     }
     for key, plugin in expected.items():
         info = rows[key]
@@ -92,11 +98,18 @@ def test_builtins_register_through_entry_points(registry):
         assert info.distribution == f"asr-s2s {ASR_VERSION}"
         assert info.cls.name == key[1]
     assert registry.names("encoder") == sorted(registry.names("encoder"))
+    assert set(rows) == set(expected)
 
 
 def test_entry_points_are_declared_like_a_third_party_package():
-    eps = {ep.name: ep.value for ep in importlib.metadata.distribution("asr-s2s").entry_points if ep.group == "asr_s2s"}
-    assert eps == {"pblstm": "asr_s2s_plugins.pblstm", "attention": "asr_s2s_plugins.attention", "scorers": "asr_s2s_plugins.scorers"}
+    """Every built-in module with hooks is an entry point of group asr_s2s, installed as declared."""
+    import tomllib
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["asr_s2s"]
+    installed = {ep.name: ep.value for ep in importlib.metadata.distribution("asr-s2s").entry_points if ep.group == "asr_s2s"}
+    assert installed == declared
+    with_hooks = {p.stem for p in (REPO / "plugins").glob("*.py") if "@hookimpl" in p.read_text()}
+    assert {value.removeprefix("asr_s2s_plugins.") for value in declared.values()} == with_hooks
 
 
 def test_core_never_imports_a_concrete_component():
@@ -235,7 +248,9 @@ def test_extra_plugins_register_in_code_without_autoload():
     import asr_s2s_plugins.scorers
 
     registry = Registry(get_plugin_manager(extra_plugins=[asr_s2s_plugins.scorers], autoload=False))
-    assert [(c.kind, c.name) for c in registry.components()] == [("scorer", "decoder"), ("scorer", "length_bonus")]
+    assert [(c.kind, c.name) for c in registry.components()] == [
+        ("scorer", "coverage"), ("scorer", "decoder"), ("scorer", "length_bonus")
+    ]
     assert {c.distribution for c in registry.components()} == {"(registered in code)"}
 
 
