@@ -53,11 +53,19 @@ class Attention(nn.Module):
         :param previous: ``(N, T')`` previous attention weights.
         :returns: context ``(N, D)`` and weights ``(N, T')``.
         """
-        hidden = projected + self.query_proj(query).unsqueeze(1)
+        n, frames, dim = projected.shape
+        query_term = self.query_proj(query).unsqueeze(1)  # (N, 1, A)
         if self.location:
-            loc = self.conv(previous.unsqueeze(1)).transpose(1, 2)  # (N, T', C)
-            hidden = hidden + self.location_proj(loc)
-        energies = self.energy(torch.tanh(hidden)).squeeze(-1)
+            loc = self.conv(previous.unsqueeze(1)).transpose(1, 2).reshape(n * frames, -1)  # (N*T', C)
+            # one fused pass: W m + U (F * a_prev), written into a fresh (N, T', A) tensor
+            hidden = torch.addmm(projected.reshape(n * frames, dim), loc, self.location_proj.weight.t()).view(n, frames, dim)
+        else:
+            hidden = projected
+        if torch.is_grad_enabled() or not self.location:
+            hidden = torch.tanh(hidden + query_term)
+        else:  # search: update the fresh tensor in place; (N, T', A) passes dominate a step
+            hidden = hidden.add_(query_term).tanh_()
+        energies = self.energy(hidden).squeeze(-1)
         weights = torch.softmax(energies.masked_fill(~mask, float("-inf")), dim=-1)
         context = torch.bmm(weights.unsqueeze(1), memory).squeeze(1)
         return context, weights

@@ -16,8 +16,10 @@ log-sum-exp: with ``C[t] = sum_{s<=t} log y_c[s]``,
 ``log r_n[t] = C[t] + logcumsumexp_s(log phi[s-1] - C[s-1])``, and likewise
 for ``r_b`` with the blank's cumulative sum. ESPnet's ``CTCPrefixScoreTH``
 loops over frames in Python at every output step; here a step is a handful
-of tensor ops over ``(N, K, T')``, in float64 so that the cumulative sums stay
-exact over long utterances.
+of tensor ops, in float64 so that the cumulative sums stay exact over long
+utterances. Only ``psi`` is needed to rank the ``N x K`` candidates; the
+forward variables are extended in :meth:`CTCPrefixScorer.select`, for the
+``N`` survivors alone.
 
 The score of appending ``c`` is ``psi(h) - psi(g)``, and of ``<eos>`` it is
 ``log(r_n(g)[T] + r_b(g)[T]) - psi(g)``; the scores along a finished
@@ -26,6 +28,7 @@ hypothesis therefore add up to ``log p_ctc(y | x)``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -60,13 +63,13 @@ class CTCFrames:
 
 @dataclass(frozen=True)
 class CTCState:
-    """Per-hypothesis prefix state; ``M`` rows (``N``, or ``N x K`` after scoring).
+    """Per-hypothesis prefix state of ``N`` rows.
 
     :ivar frames: the utterances' frame scores (never reordered: search maps
         rows only to rows of the same utterance).
-    :ivar r: ``(M, 2, T'+1)`` log ``r_n`` and ``r_b`` at frames 0..T' (frame 0 is before any input).
-    :ivar psi: ``(M,)`` log prefix probability so far.
-    :ivar last: ``(M,)`` last token of the prefix (``<sos>`` for the empty one).
+    :ivar r: ``(N, 2, T'+1)`` log ``r_n`` and ``r_b`` at frames 0..T' (frame 0 is before any input).
+    :ivar psi: ``(N,)`` log prefix probability so far; ``(N, K)`` of the candidates after scoring.
+    :ivar last: ``(N,)`` last token of the prefix (``<sos>`` for the empty one).
     :ivar candidates: ``(N, K)`` the candidates scored, or None before scoring.
     """
 
@@ -122,35 +125,47 @@ class CTCPrefixScorer(Scorer):
     def score_partial(self, prefix: torch.Tensor, candidates: torch.Tensor, state: CTCState) -> tuple[torch.Tensor, CTCState]:
         """Score ``(N, K)`` candidate tokens; ``prefix`` ``(N, L)`` is implied by ``state``.
 
-        :returns: score increments ``(N, K)`` (float64) and the state of all ``N x K`` extensions.
+        Only the prefix probabilities ``psi`` are computed for all ``N x K``
+        extensions; the forward variables ``r`` follow in :meth:`select`, for
+        the ``N`` survivors only.
+
+        :returns: score increments ``(N, K)`` (float64) and a state for :meth:`select`.
         """
         n, k = candidates.shape
-        r_n, r_b = state.r[:, 0].unsqueeze(1), state.r[:, 1].unsqueeze(1)  # (N, 1, T'+1)
+        r_n, r_b = state.r[:, 0], state.r[:, 1]  # (N, T'+1)
+        either = torch.logaddexp(r_n, r_b)
         repeat = (candidates == state.last.unsqueeze(1)).unsqueeze(-1)  # (N, K, 1)
-        phi = torch.where(repeat, r_b, torch.logaddexp(r_n, r_b))  # (N, K, T'+1)
+        phi = torch.where(repeat, r_b.unsqueeze(1), either.unsqueeze(1))  # (N, K, T'+1)
         frames = state.frames.logp.shape[-1]
         y_c = state.frames.logp.gather(1, candidates.unsqueeze(-1).expand(n, k, frames))  # (N, K, T')
-        cum_c = _cumsum_from_zero(y_c)  # (N, K, T'+1)
-        new_n = cum_c[..., 1:] + torch.logcumsumexp(phi[..., :-1] - cum_c[..., :-1], dim=-1)
-        new_n = torch.cat([torch.full_like(new_n[..., :1], NEG_INF), new_n], dim=-1)  # (N, K, T'+1)
-        cum_b = state.frames.blank_cum.unsqueeze(1)  # (N, 1, T'+1)
-        new_b = cum_b[..., 1:] + torch.logcumsumexp(new_n[..., :-1] - cum_b[..., :-1], dim=-1)
-        new_b = torch.cat([torch.full_like(new_b[..., :1], NEG_INF), new_b], dim=-1)
         psi = torch.logsumexp(phi[..., :-1] + y_c, dim=-1)  # (N, K)
         # <eos>: the probability of exactly this prefix over the whole utterance
-        end = state.frames.lengths.view(n, 1, 1)
-        full = torch.logaddexp(state.r[:, 0:1].gather(2, end), state.r[:, 1:2].gather(2, end)).view(n, 1)
+        full = either.gather(1, state.frames.lengths.view(n, 1))  # (N, 1)
         psi = torch.where(candidates == self.eos, full, psi)
         psi = psi.masked_fill(candidates == self.blank, NEG_INF)
-        new_state = CTCState(state.frames, torch.stack([new_n, new_b], dim=2), psi, candidates, candidates)
         previous = state.psi.unsqueeze(1)
         increment = torch.where(torch.isneginf(previous), NEG_INF, psi - previous)  # never -inf - -inf
-        return increment, new_state
+        return increment, dataclasses.replace(state, psi=psi, candidates=candidates)
 
     def select(self, state: CTCState, index: torch.Tensor, tokens: torch.Tensor) -> CTCState:
-        """Keep the extension ``(index[i], tokens[i])`` for each survivor ``i``. ``index``, ``tokens``: ``(N,)``."""
+        """Extend row ``index[i]`` by ``tokens[i]`` for each survivor ``i``. ``index``, ``tokens``: ``(N,)``."""
         column = (state.candidates[index] == tokens.unsqueeze(1)).int().argmax(dim=1)
-        return CTCState(state.frames, state.r[index, column], state.psi[index, column], tokens)
+        r = _extend(state.frames, state.r[index], state.last[index], tokens, index)
+        return CTCState(state.frames, r, state.psi[index, column], tokens)
+
+
+def _extend(frames: CTCFrames, r: torch.Tensor, last: torch.Tensor, tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Forward variables of prefixes ``g + c``: ``r`` ``(M, 2, T'+1)`` of ``g``, its ``last`` token
+    ``(M,)``, ``tokens`` ``c`` ``(M,)``, and the frame rows ``(M,)`` they read. :returns: ``(M, 2, T'+1)``."""
+    r_n, r_b = r[:, 0], r[:, 1]
+    phi = torch.where((tokens == last).unsqueeze(1), r_b, torch.logaddexp(r_n, r_b))  # (M, T'+1)
+    y_c = frames.logp[rows, tokens]  # (M, T')
+    cum_c = _cumsum_from_zero(y_c)  # (M, T'+1)
+    start = torch.full_like(cum_c[:, :1], NEG_INF)  # frame 0: nothing emitted yet
+    new_n = torch.cat([start, cum_c[:, 1:] + torch.logcumsumexp(phi[:, :-1] - cum_c[:, :-1], dim=-1)], dim=1)
+    cum_b = frames.blank_cum[rows]  # (M, T'+1)
+    new_b = torch.cat([start, cum_b[:, 1:] + torch.logcumsumexp(new_n[:, :-1] - cum_b[:, :-1], dim=-1)], dim=1)
+    return torch.stack([new_n, new_b], dim=1)
 
 
 def _cumsum_from_zero(x: torch.Tensor) -> torch.Tensor:
