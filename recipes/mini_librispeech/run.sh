@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Usage: bash recipes/mini_librispeech/run.sh [--stage N] [--stop-stage N] [--hours H] [--epochs E]
-#                                            [--config FILE] [--exp-dir DIR] [--seed S]
+#                                            [--config FILE] [--lm-config FILE] [--exp-dir DIR] [--seed S]
+#                                            [--ctc-weights "0.5"] [--lm-weights "0.3"] [--sweep-utts 100]
 #
 # The bundled corpus, end to end, from any working directory:
 #   0. synthesise the corpus with espeak-ng (LibriSpeech layout) into corpus/
 #   1. write JSON-lines manifests for train/dev/test into dump/
 #   2. compute global CMVN statistics on train
-#   3. train; the model package lands in exp/<name>/model
-#   4. evaluate dev and test with greedy search, test with beam search, and print a WER/CER table
-#   5. transcribe one test file with the trained model
+#   3. train a character LSTM language model on the corpus's lm-text.txt; package in exp/lm_<name>/lm
+#   4. train the acoustic model; the model package lands in exp/<name>/model
+#   5. sweep the ctc and lm weights (beam 10) on the first --sweep-utts dev utterances
+#   6. evaluate dev and test greedy, and test with beam 10 alone, +ctc, +lm and +ctc+lm at the
+#      best swept weights; print a WER/CER table (exp/<name>/RESULTS.md)
+#   7. transcribe one test file with the trained model, the LM and the best weights
 # Each finished stage leaves a .done marker; a re-run skips it. Delete the
 # marker (or pass --stage N) to redo a stage.
 set -euo pipefail
@@ -17,12 +21,16 @@ recipe_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_root=$(cd "$recipe_dir/../.." && pwd)
 
 stage=0
-stop_stage=5
+stop_stage=7
 hours=2.0
 epochs=""
 seed=0
 config="$recipe_dir/conf/las_mini.yaml"
+lm_config="$recipe_dir/conf/lm_char.yaml"
 exp_dir=""
+ctc_weights="0.5"   # swept together with 0; more values cost a dev decode each
+lm_weights="0.3"
+sweep_utts=100
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -32,8 +40,12 @@ while [ $# -gt 0 ]; do
     --epochs) epochs=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
     --config) config=$(cd "$(dirname "$2")" && pwd)/$(basename "$2"); shift 2 ;;
+    --lm-config) lm_config=$(cd "$(dirname "$2")" && pwd)/$(basename "$2"); shift 2 ;;
+    --ctc-weights) ctc_weights=$2; shift 2 ;;
+    --lm-weights) lm_weights=$2; shift 2 ;;
+    --sweep-utts) sweep_utts=$2; shift 2 ;;
     --exp-dir) exp_dir=$2; shift 2 ;;
-    -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -44,6 +56,7 @@ corpus="$recipe_dir/corpus/hours_${hours}_seed_${seed}"
 dump="$recipe_dir/dump/hours_${hours}_seed_${seed}"
 name=$(basename "$config" .yaml)
 exp_dir=${exp_dir:-"$recipe_dir/exp/${name}_${hours}h${epochs:+_${epochs}ep}"}
+lm_dir="$recipe_dir/exp/$(basename "$lm_config" .yaml)_seed_${seed}"
 mkdir -p "$dump" "$exp_dir"
 
 run_stage() {  # run_stage N MARKER DESCRIPTION: true when stage N must run
@@ -71,7 +84,14 @@ if run_stage 2 "$dump/.cmvn.done" "global CMVN"; then
   touch "$dump/.cmvn.done"
 fi
 
-if run_stage 3 "$exp_dir/.train.done" "train ($exp_dir)"; then
+if run_stage 3 "$lm_dir/.train.done" "train the language model ($lm_dir)"; then
+  resume=""
+  [ -f "$lm_dir/checkpoint.pt" ] && resume="--resume"
+  asr-s2s train-lm --text "$corpus/lm-text.txt" --config "$lm_config" --exp-dir "$lm_dir" $resume
+  touch "$lm_dir/.train.done"
+fi
+
+if run_stage 4 "$exp_dir/.train.done" "train ($exp_dir)"; then
   resume=""
   [ -d "$exp_dir/checkpoints" ] && resume="--resume"
   asr-s2s train --config "$config" --train-manifest "$dump/train.jsonl" --valid-manifest "$dump/dev.jsonl" \
@@ -79,33 +99,74 @@ if run_stage 3 "$exp_dir/.train.done" "train ($exp_dir)"; then
   touch "$exp_dir/.train.done"
 fi
 
-if run_stage 4 "$exp_dir/.decode.done" "evaluate dev and test"; then
-  for split in dev test; do
-    asr-s2s evaluate --model "$exp_dir/model" --manifest "$dump/$split.jsonl" --beam-size 1 \
-      --scorer length_bonus=0 --output-dir "$exp_dir/decode_${split}_greedy" --json > "$exp_dir/decode_${split}_greedy.json"
+# evaluate NAME MANIFEST [evaluate options...]: decode into $exp_dir/decode_NAME{,.json}
+evaluate() {
+  local name=$1 manifest=$2
+  shift 2
+  asr-s2s evaluate --model "$exp_dir/model" --manifest "$manifest" --output-dir "$exp_dir/decode_$name" \
+    --json --quiet "$@" > "$exp_dir/decode_$name.json"
+}
+
+if run_stage 5 "$exp_dir/.sweep.done" "sweep ctc and lm weights on $sweep_utts dev utterances"; then
+  head -n "$sweep_utts" "$dump/dev.jsonl" > "$exp_dir/sweep_dev.jsonl"
+  for ctc in 0 $ctc_weights; do
+    for lm in 0 $lm_weights; do
+      evaluate "sweep_ctc${ctc}_lm${lm}" "$exp_dir/sweep_dev.jsonl" --lm "$lm_dir/lm" --scorer ctc="$ctc" --scorer lm="$lm"
+      echo "ctc $ctc, lm $lm: $(cat "$exp_dir/decode_sweep_ctc${ctc}_lm${lm}.json")" >&2
+    done
   done
-  # beam search with the model's decode config (decode: in the YAML)
-  asr-s2s evaluate --model "$exp_dir/model" --manifest "$dump/test.jsonl" \
-    --output-dir "$exp_dir/decode_test_beam" --json > "$exp_dir/decode_test_beam.json"
+  touch "$exp_dir/.sweep.done"
+fi
+
+# the best swept weights: for ctc alone, lm alone, and both (lowest dev WER, then CER)
+best() {  # best ctc|lm|both -> "CTC LM"
+  python - "$exp_dir" "$1" <<'PY'
+import json, sys
+from pathlib import Path
+exp, which = Path(sys.argv[1]), sys.argv[2]
+runs = []
+for path in exp.glob("decode_sweep_ctc*_lm*.json"):
+    ctc, lm = path.stem.removeprefix("decode_sweep_ctc").split("_lm")
+    if {"ctc": float(ctc) > 0 and float(lm) == 0, "lm": float(ctc) == 0 and float(lm) > 0,
+        "both": float(ctc) > 0 and float(lm) > 0}[which]:
+        r = json.loads(path.read_text())
+        runs.append((r["wer"], r["cer"], ctc, lm))
+print(*min(runs)[2:])
+PY
+}
+
+if run_stage 6 "$exp_dir/.decode.done" "evaluate dev and test"; then
+  for split in dev test; do
+    evaluate "${split}_greedy" "$dump/$split.jsonl" --beam-size 1 --scorer length_bonus=0
+  done
+  evaluate test_beam "$dump/test.jsonl"  # the model's decode config (decode: in the YAML)
+  for which in ctc lm both; do
+    read -r ctc lm <<< "$(best $which)"
+    evaluate "test_beam_${which}" "$dump/test.jsonl" --lm "$lm_dir/lm" --scorer ctc="$ctc" --scorer lm="$lm"
+  done
   python - "$exp_dir" <<'PY'
 import json, sys
 from pathlib import Path
 exp = Path(sys.argv[1])
 rows = ["| set | search | utts | WER % | CER % | sub | del | ins |", "|---|---|---:|---:|---:|---:|---:|---:|"]
-for split, search in (("dev", "greedy"), ("test", "greedy"), ("test", "beam")):
-        r = json.loads((exp / f"decode_{split}_{search}.json").read_text())
-        rows.append(f"| {split} | {search} | {r['utterances']} | {r['wer']:.2f} | {r['cer']:.2f} | "
-                    f"{r['substitutions']} | {r['deletions']} | {r['insertions']} |")
+labels = {"dev_greedy": ("dev", "greedy"), "test_greedy": ("test", "greedy"), "test_beam": ("test", "beam 10"),
+          "test_beam_ctc": ("test", "beam 10 + ctc"), "test_beam_lm": ("test", "beam 10 + lm"),
+          "test_beam_both": ("test", "beam 10 + ctc + lm")}
+for name, (split, search) in labels.items():
+    r = json.loads((exp / f"decode_{name}.json").read_text())
+    rows.append(f"| {split} | {search} | {r['utterances']} | {r['wer']:.2f} | {r['cer']:.2f} | "
+                f"{r['substitutions']} | {r['deletions']} | {r['insertions']} |")
 (exp / "RESULTS.md").write_text("\n".join(rows) + "\n")
 print("\n".join(rows))
 PY
   touch "$exp_dir/.decode.done"
 fi
 
-if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
-  echo "== stage 5: transcribe one test file" >&2
+if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
+  echo "== stage 7: transcribe one test file" >&2
   example=$(find "$corpus/test" -name '*.flac' | sort | head -n 1)
-  asr-s2s transcribe --model "$exp_dir/model" "$example"
+  read -r ctc lm <<< "$(best both)"
+  asr-s2s transcribe --model "$exp_dir/model" --lm "$lm_dir/lm" --scorer ctc="$ctc" --scorer lm="$lm" "$example"
   grep -h "$(basename "$example" .flac)" "$corpus"/test/*/*/*.trans.txt | sed 's/^/reference: /'
-  echo "model package: $exp_dir/model" >&2
+  echo "model package: $exp_dir/model; language model: $lm_dir/lm (ctc $ctc, lm $lm)" >&2
 fi
