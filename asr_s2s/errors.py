@@ -34,6 +34,18 @@ class ModelPackageError(AsrS2SError):
     """A model package is missing files or does not match its weights."""
 
 
+class CMVNError(AsrS2SError):
+    """A CMVN statistics file is missing or malformed, or there were no frames to compute it from."""
+
+
+class CheckpointError(AsrS2SError):
+    """A training checkpoint is unreadable, unsafe, does not match the model, or cannot be written."""
+
+
+class TrainingError(AsrS2SError):
+    """Training cannot go on: too many non-finite losses in a row, or no usable batch in an epoch."""
+
+
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """Return ' Did you mean X?' for the closest of ``known``, or ''."""
     close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)

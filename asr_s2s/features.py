@@ -13,6 +13,7 @@ import torchaudio
 from torch import nn
 
 from asr_s2s.audio import SAMPLE_RATE_HZ
+from asr_s2s.errors import CMVNError
 
 NUM_MEL_BINS = 80
 FRAME_LENGTH_MS = 25.0
@@ -65,7 +66,7 @@ class CMVNStats:
             total, sq = (s, q) if total is None else (total + s, sq + q)
             count += f.shape[0]
         if count == 0:
-            raise ValueError("no frames to compute CMVN statistics from")
+            raise CMVNError("no frames to compute CMVN statistics from")
         mean = total / count
         var = (sq / count - mean * mean).clamp_min(1e-10)
         return cls(tuple(mean.tolist()), tuple(var.sqrt().tolist()), count)
@@ -75,10 +76,29 @@ class CMVNStats:
 
     @classmethod
     def load(cls, path: str | Path) -> CMVNStats:
-        raw = json.loads(Path(path).read_text())
-        stats = cls(tuple(raw["mean"]), tuple(raw["std"]), int(raw["frames"]))
-        if len(stats.mean) != len(stats.std) or not all(math.isfinite(x) and x > 0 for x in stats.std):
-            raise ValueError(f"{path}: malformed CMVN statistics")
+        """Read stats written by :meth:`save`.
+
+        :raises CMVNError: naming the file (and the key) if it is missing, not JSON or malformed.
+        """
+        try:
+            raw = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise CMVNError(f"{path}: no such CMVN file; write one with `asr-s2s compute-cmvn`") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CMVNError(f"{path}: not a CMVN JSON file ({exc})") from None
+        if not isinstance(raw, dict):
+            raise CMVNError(f"{path}: expected a JSON object with keys mean, std, frames")
+        missing = [k for k in ("mean", "std", "frames") if k not in raw]
+        if missing:
+            raise CMVNError(f"{path}: missing key(s) {', '.join(missing)}")
+        try:
+            stats = cls(tuple(float(x) for x in raw["mean"]), tuple(float(x) for x in raw["std"]), int(raw["frames"]))
+        except (TypeError, ValueError):
+            raise CMVNError(f"{path}: mean and std must be lists of numbers, frames an integer") from None
+        if len(stats.mean) != len(stats.std):
+            raise CMVNError(f"{path}: mean has {len(stats.mean)} values but std has {len(stats.std)}")
+        if not all(math.isfinite(x) for x in stats.mean) or not all(math.isfinite(x) and x > 0 for x in stats.std):
+            raise CMVNError(f"{path}: malformed CMVN statistics (std must be positive, all values finite)")
         return stats
 
     @classmethod

@@ -26,7 +26,8 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
 from asr_s2s.config import from_dict
-from asr_s2s.errors import ConfigError, ManifestError, TokenizerError
+from asr_s2s.checkpoints import read_checkpoint, write_checkpoint
+from asr_s2s.errors import CheckpointError, ConfigError, ManifestError, TokenizerError
 from asr_s2s.interfaces import LanguageModel
 from asr_s2s.tokenizer import CharTokenizer, normalize_text
 from asr_s2s.trainer import seed_everything, warmup_cosine
@@ -187,12 +188,21 @@ class LMTrainer:
         self.exp_dir.mkdir(parents=True, exist_ok=True)
         checkpoint = self.exp_dir / CHECKPOINT
         if resume and checkpoint.is_file():
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            self.lm.load_state_dict(state["lm"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            state = read_checkpoint(checkpoint, required=("lm", "optimizer", "scheduler", "epoch", "step"))
+            try:
+                self.lm.load_state_dict(state["lm"])
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+            except (RuntimeError, ValueError, KeyError) as exc:
+                detail = str(exc).split("\n", 1)[-1].strip()
+                raise CheckpointError(f"{checkpoint}: does not match the language model of --config: {detail}") from None
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
             log.info("resumed from %s (epoch %d)", checkpoint, self.epoch)
+        elif checkpoint.is_file():
+            raise CheckpointError(
+                f"{self.exp_dir} already holds a training run ({checkpoint}); pass --resume to continue it, "
+                "or choose another --exp-dir"
+            )
         else:
             seed_everything(self.config.seed)
             (self.exp_dir / LOG_FILE).unlink(missing_ok=True)
@@ -201,8 +211,7 @@ class LMTrainer:
             results.append(self.train_one_epoch())
             state = {"lm": self.lm.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "step": self.step}
-            torch.save(state, checkpoint.with_suffix(".tmp"))
-            os.replace(checkpoint.with_suffix(".tmp"), checkpoint)
+            write_checkpoint(state, checkpoint)
         return results
 
     def _batches(self, sentences: list[list[int]], shuffle: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

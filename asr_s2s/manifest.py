@@ -93,10 +93,14 @@ def write_manifest(utterances: list[Utterance], path: str | os.PathLike) -> None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for utt in utterances:
-            handle.write(json.dumps(asdict(utt), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            for utt in utterances:
+                handle.write(json.dumps(asdict(utt), ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written file left beside the target
+        raise
 
 
 def read_librispeech_dir(root: str | os.PathLike, progress: bool = True) -> list[Utterance]:

@@ -10,6 +10,7 @@ from torch import nn
 
 from asr_s2s.config import ModelConfig
 from asr_s2s.dataset import IGNORE_ID
+from asr_s2s.errors import ConfigError
 from asr_s2s.features import CMVNStats, Frontend
 from asr_s2s.interfaces import Decoder, Encoder
 from asr_s2s.plugins import Registry
@@ -32,9 +33,9 @@ class ASRModel(nn.Module):
     def __init__(self, config: ModelConfig, tokenizer: CharTokenizer, cmvn: CMVNStats, registry: Registry) -> None:
         super().__init__()
         if not 0.0 <= config.ctc_weight <= 1.0:
-            raise ValueError(f"model.ctc_weight must be in [0, 1], got {config.ctc_weight}")
+            raise ConfigError(f"model.ctc_weight must be in [0, 1], got {config.ctc_weight}")
         if len(cmvn.mean) != config.num_mel_bins:
-            raise ValueError(f"CMVN stats have {len(cmvn.mean)} bins but model.num_mel_bins is {config.num_mel_bins}")
+            raise ConfigError(f"CMVN stats have {len(cmvn.mean)} bins but model.num_mel_bins is {config.num_mel_bins}")
         self.config = config
         self.tokenizer = tokenizer
         self.vocab_size = len(tokenizer)

@@ -188,7 +188,12 @@ class Registry:
         """
         if "name" not in config:
             raise PluginError(f"{where}: missing key 'name' (one of: {', '.join(self.names(kind))})")
-        info = self.get(kind, config["name"])
+        if not isinstance(config["name"], str):
+            raise PluginError(f"{where}.name: expected a {kind} name, got {config['name']!r}")
+        try:
+            info = self.get(kind, config["name"])
+        except PluginError as exc:
+            raise PluginError(f"{where}: {exc}") from None
         params = {k: v for k, v in config.items() if k != "name"}
         factory = getattr(info.cls, "from_model", None) if kind == "scorer" else info.cls
         check_params(factory, params, where=f"{where} ({kind} {info.name!r})", injected=set(injected))

@@ -9,7 +9,8 @@ from asr_s2s import errors
 
 @pytest.mark.parametrize(
     "cls",
-    [errors.AudioLoadError, errors.ManifestError, errors.TokenizerError, errors.ConfigError, errors.PluginError, errors.ModelPackageError],
+    [errors.AudioLoadError, errors.ManifestError, errors.TokenizerError, errors.ConfigError, errors.PluginError,
+     errors.ModelPackageError, errors.CMVNError, errors.CheckpointError, errors.TrainingError],
 )
 def test_every_user_error_shares_the_base_class(cls):
     assert issubclass(cls, errors.AsrS2SError)

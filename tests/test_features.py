@@ -9,6 +9,7 @@ import torch
 import torchaudio
 
 from asr_s2s.audio import SAMPLE_RATE_HZ, load_audio
+from asr_s2s.errors import CMVNError
 from asr_s2s.features import (
     FRAMES_PER_SECOND,
     NUM_MEL_BINS,
@@ -85,12 +86,33 @@ def test_cmvn_save_load_round_trip(tmp_path, cmvn):
 def test_cmvn_load_rejects_bad_stats(tmp_path):
     path = tmp_path / "cmvn.json"
     CMVNStats((0.0, 0.0), (1.0, 0.0), 5).save(path)
-    with pytest.raises(ValueError, match="cmvn.json"):
+    with pytest.raises(CMVNError, match="cmvn.json"):
         CMVNStats.load(path)
 
 
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (None, "no such CMVN file"),
+        ("", "not a CMVN JSON file"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"mean": [0.0], "frames": 3}', "missing key(s) std"),
+        ('{"mean": ["a"], "std": [1.0], "frames": 3}', "lists of numbers"),
+        ('{"mean": [0.0, 1.0], "std": [1.0], "frames": 3}', "mean has 2 values but std has 1"),
+        ('{"mean": [NaN], "std": [1.0], "frames": 3}', "all values finite"),
+    ],
+)
+def test_cmvn_file_errors_name_the_file(tmp_path, content, fragment):
+    path = tmp_path / "cmvn.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(CMVNError) as info:
+        CMVNStats.load(path)
+    assert str(path) in str(info.value) and fragment in str(info.value)
+
+
 def test_cmvn_needs_frames():
-    with pytest.raises(ValueError, match="no frames"):
+    with pytest.raises(CMVNError, match="no frames"):
         CMVNStats.accumulate([])
 
 

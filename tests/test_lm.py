@@ -201,3 +201,20 @@ def test_cli_lm_flag_needs_a_weight(run_cli, trained_package, lm_package, tmp_pa
     import json
 
     assert json.loads(out)["utterances"] == 8
+
+
+def test_resume_from_a_crafted_checkpoint_is_refused_unrun(run_cli, text_file, tmp_path):
+    from conftest import write_pickle_bomb
+
+    config = tmp_path / "lm.yaml"
+    config.write_text(yaml.safe_dump(TINY_LM))
+    marker = tmp_path / "marker"
+    checkpoint = write_pickle_bomb(tmp_path / "exp" / "checkpoint.pt", marker)
+    args = ["train-lm", "--text", text_file, "--config", config, "--exp-dir", tmp_path / "exp", "--quiet"]
+    code, out, err = run_cli(*args, "--resume")
+    assert code == 2 and out == ""
+    assert f"{checkpoint}: refused to load" in err and "GLOBAL exec" in err
+    assert not marker.exists()
+    code, _, err = run_cli(*args)  # without --resume: the run there is not overwritten either
+    assert code == 2 and "already holds a training run" in err and "--resume" in err
+    assert not marker.exists() and checkpoint.is_file()

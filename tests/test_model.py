@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from asr_s2s.config import ModelConfig
+from asr_s2s.errors import ConfigError
 from asr_s2s.features import CMVNStats
 from asr_s2s.model import ASRModel
 from asr_s2s.tokenizer import normalize_text
@@ -91,9 +92,9 @@ def test_every_utterance_encodes_the_same_alone_and_in_the_batch(random_model, f
 
 
 def test_invalid_model_configs(tokenizer, registry, tiny_config):
-    with pytest.raises(ValueError, match="ctc_weight"):
+    with pytest.raises(ConfigError, match="model.ctc_weight"):
         ASRModel(dataclasses.replace(tiny_config.model, ctc_weight=1.5), tokenizer, CMVNStats.identity(80), registry)
-    with pytest.raises(ValueError, match="40 bins"):
+    with pytest.raises(ConfigError, match="40 bins"):
         ASRModel(tiny_config.model, tokenizer, CMVNStats.identity(40), registry)
 
 

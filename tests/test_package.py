@@ -155,3 +155,22 @@ def test_package_needing_an_unknown_plugin(package_copy, registry):
     (package_copy / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(PluginError, match="unknown encoder 'conformer'.*Known encoders: pblstm"):
         load_package(package_copy, registry)
+
+
+# -- untrusted packages: nothing in them runs ----------------------------------------------------
+@pytest.mark.parametrize("torch_format", [True, False], ids=["torch-zip", "bare-pickle"])
+def test_pickled_code_as_weights_is_refused_unrun(package_copy, registry, tmp_path, torch_format):
+    """A .pt or pickle renamed model.safetensors: safetensors parses no pickle, so it is just corrupt weights."""
+    from conftest import write_pickle_bomb
+
+    marker = tmp_path / "marker"
+    write_pickle_bomb(package_copy / "model.safetensors", marker, torch_format=torch_format)
+    _raises(package_copy, registry, str(package_copy / "model.safetensors"), "corrupt or truncated weights")
+    assert not marker.exists()
+
+
+def test_yaml_that_would_run_code_is_refused_unrun(package_copy, registry, tmp_path):
+    marker = tmp_path / "marker"
+    (package_copy / "config.yaml").write_text(f"!!python/object/apply:os.system ['touch {marker}']\n")
+    _raises(package_copy, registry, "config.yaml", "could not determine a constructor")
+    assert not marker.exists()

@@ -77,3 +77,23 @@ def test_decode_utterances_keeps_manifest_order_and_reports_failures(trained_mod
 
 def test_empty_waveform_list(random_model, registry):
     assert _recognizer(random_model, registry).decode_waveforms([]) == []
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_all_silence_decodes_without_error(trained_model, registry, beam_size):
+    """Digital silence is not an error: it decodes to some (usually empty) text of vocabulary characters."""
+    (result,) = _recognizer(trained_model, registry, beam_size=beam_size).decode_waveforms([("silence", np.zeros(32_000, np.float32))])
+    assert result.error is None and set(result.text) <= set(" 'ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    print(f"silence -> {result.text!r}")
+
+
+def test_all_silence_transcribes_to_empty_text(trained_package, registry, tmp_path):
+    """Through the transcriber (what `asr-s2s transcribe` uses), silence has no speech segments: empty text."""
+    import soundfile
+
+    from asr_s2s.transcriber import load_model
+
+    path = tmp_path / "silence.wav"
+    soundfile.write(path, np.zeros(3 * 16_000, np.int16), 16_000)
+    result = load_model(trained_package, registry=registry).transcribe(path)
+    assert result.text == "" and not result.segments

@@ -29,6 +29,13 @@ from asr_s2s.tokenizer import BLANK, CHARACTERS, SOS_EOS, CharTokenizer, normali
         ("the boys' toys", "THE BOYS TOYS"),
         ("' lone apostrophe '", "LONE APOSTROPHE"),
         ("\ufb01sh", "FISH"),  # ligature folded by NFKD
+        ("MiXeD CaSe", "MIXED CASE"),
+        ("\u00abBonjour\u00bb, dit-il\u2026", "BONJOUR DIT IL"),  # guillemets, ellipsis
+        ("\u00bfQu\u00e9?", "QUE"),
+        ("\u201cQuoted\u201d", "QUOTED"),
+        ("no\u00a0break\u3000space", "NO BREAK SPACE"),  # no-break and ideographic spaces
+        ("zero\u200bwidth", "ZEROWIDTH"),
+        ("Stra\u00dfe", "STRASSE"),
         ("", ""),
         ("...", ""),
     ],
@@ -115,3 +122,25 @@ def test_letter_text_round_trips_through_encode_decode(text):
 def test_apostrophe_only_words_are_dropped(text):
     out = normalize_text(text)
     assert all(word.strip("'") for word in out.split())
+
+
+@given(st.text())
+@settings(max_examples=300)
+def test_any_text_encodes_and_round_trips_or_names_exactly_the_bad_characters(text):
+    """Whatever a transcript holds: encode succeeds and decodes back, or raises TokenizerError listing the culprits."""
+    tok = CharTokenizer()
+    out = normalize_text(text)
+    bad = sorted(set(out) - set(CHARACTERS))
+    if bad:
+        with pytest.raises(TokenizerError) as info:
+            tok.encode(out, where="train.jsonl:7")
+        assert str(info.value).startswith("train.jsonl:7: characters ") and repr(bad) in str(info.value)
+    else:
+        assert tok.decode(tok.encode(out)) == out
+
+
+@given(st.lists(st.integers(0, len(CharTokenizer()) - 1), max_size=50))
+def test_decode_of_any_ids_never_crashes(ids):
+    tok = CharTokenizer()
+    text = tok.decode(ids)
+    assert set(text) <= set(CHARACTERS) and len(text) == sum(i > tok.sos_id for i in ids)
