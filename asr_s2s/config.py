@@ -51,6 +51,27 @@ class TrainConfig:
     seed: int = 0
     log_interval: int = 20  # steps between JSONL log lines
     tensorboard: bool = False
+    # fault tolerance (docs/reliability.md)
+    checkpoint_every_steps: int | None = None  # also checkpoint mid-epoch every N optimizer steps (latest kept)
+    max_consecutive_bad_losses: int = 10  # stop after this many batches in a row with a NaN/inf loss or gradient
+    # scale-out and selection (docs: recipes/librispeech/README.md)
+    accum_grad: int = 1  # batches (per rank) whose gradients make one optimizer step
+    precision: str = "bf16"  # "bf16": bf16 autocast on CUDA (CPU always trains in fp32); "fp32"
+    speed_perturb: list[float] | None = None  # e.g. [0.9, 1.0, 1.1]: one speed drawn per utterance and epoch
+    early_stopping_patience: int | None = None  # stop after this many epochs without a better selection_metric
+    selection_metric: str = "valid_loss"  # "valid_loss" or "valid_cer": early stopping and the best epoch
+
+    def __post_init__(self) -> None:
+        if self.accum_grad < 1:
+            raise ConfigError(f"train.accum_grad must be at least 1, got {self.accum_grad}")
+        if self.precision not in ("bf16", "fp32"):
+            raise ConfigError(f"train.precision must be 'bf16' or 'fp32', got {self.precision!r}")
+        if self.selection_metric not in ("valid_loss", "valid_cer"):
+            raise ConfigError(f"train.selection_metric must be 'valid_loss' or 'valid_cer', got {self.selection_metric!r}")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ConfigError(f"train.early_stopping_patience must be at least 1, got {self.early_stopping_patience}")
+        if self.speed_perturb is not None and not all(0.5 <= f <= 2.0 for f in self.speed_perturb):
+            raise ConfigError(f"train.speed_perturb factors must lie in [0.5, 2.0], got {self.speed_perturb}")
 
 
 @dataclass(frozen=True)
@@ -113,6 +134,11 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         _, value_type = typing.get_args(hint)
         return {k: _convert(value_type, v, f"{where}.{k}") for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_type,) = typing.get_args(hint)
+        return [_convert(item_type, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):

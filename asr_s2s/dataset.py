@@ -10,7 +10,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
-from asr_s2s.audio import SAMPLE_RATE_HZ, load_audio
+from asr_s2s.audio import SAMPLE_RATE_HZ, change_speed, load_audio
 from asr_s2s.batching import BucketBatchSampler
 from asr_s2s.errors import AsrS2SError, TokenizerError
 from asr_s2s.features import fbank
@@ -65,13 +65,24 @@ class SpeechDataset(Dataset):
 
     Transcripts are normalised and tokenised up front, so that unrepresentable
     text is reported before training starts, never silently dropped.
+
+    With ``speed_perturb`` (e.g. ``(0.9, 1.0, 1.1)``, as in Kaldi and ESPnet),
+    each access plays the audio at one of these speeds, drawn uniformly from
+    torch's random generator (seeded per DataLoader worker, so runs repeat):
+    sox's ``speed`` effect, which changes tempo and pitch together (see
+    :func:`asr_s2s.audio.change_speed`). A factor of 0.9 makes an utterance
+    11% longer. The cache then keeps one entry per utterance and speed.
     """
 
     def __init__(
-        self, utterances: Sequence[Utterance], tokenizer: CharTokenizer, require_text: bool = True, cache: bool = False
+        self, utterances: Sequence[Utterance], tokenizer: CharTokenizer, require_text: bool = True, cache: bool = False,
+        speed_perturb: Sequence[float] | None = None,
     ) -> None:
         self.utterances = list(utterances)
-        self.cache: dict[int, Example] | None = {} if cache else None
+        self.cache: dict[tuple[int, float], Example] | None = {} if cache else None
+        self.speed_perturb = tuple(float(f) for f in speed_perturb) if speed_perturb else None
+        if self.speed_perturb and not all(0.5 <= f <= 2.0 for f in self.speed_perturb):
+            raise ValueError(f"speed_perturb factors must lie in [0.5, 2.0], got {list(self.speed_perturb)}")
         self.texts = [normalize_text(u.text) for u in self.utterances]
         self.token_ids: list[list[int]] = []
         problems: list[str] = []
@@ -92,17 +103,20 @@ class SpeechDataset(Dataset):
 
     def __getitem__(self, index: int) -> Example | tuple[str, str]:
         """The example at ``index``, or ``(id, reason)`` if its audio cannot be used."""
-        if self.cache is not None and index in self.cache:
-            return self.cache[index]
+        speed = 1.0
+        if self.speed_perturb:
+            speed = self.speed_perturb[int(torch.randint(len(self.speed_perturb), ()))]
+        if self.cache is not None and (index, speed) in self.cache:
+            return self.cache[(index, speed)]
         utt = self.utterances[index]
         try:
-            waveform = load_audio(utt.audio)
+            waveform = change_speed(load_audio(utt.audio), speed)
         except AsrS2SError as exc:
             return (utt.id, str(exc))
         tokens = torch.tensor(self.token_ids[index], dtype=torch.long)
         example = Example(utt.id, fbank(waveform), tokens, self.texts[index], len(waveform) / SAMPLE_RATE_HZ)
         if self.cache is not None:
-            self.cache[index] = example
+            self.cache[(index, speed)] = example
         return example
 
 
@@ -133,11 +147,17 @@ def make_loader(
     num_workers: int = 0,
     max_batch_size: int | None = None,
     sortagrad_epochs: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
-    """A DataLoader over duration-bucketed batches. Its ``batch_sampler`` has ``set_epoch``."""
+    """A DataLoader over duration-bucketed batches. Its ``batch_sampler`` has ``set_epoch``.
+
+    With ``world_size > 1`` it yields only this ``rank``'s share of the batches
+    (see :class:`~asr_s2s.batching.BucketBatchSampler`).
+    """
     sampler = BucketBatchSampler(
         [u.duration for u in dataset.utterances], max_batch_seconds, shuffle=shuffle, seed=seed,
-        max_batch_size=max_batch_size, sortagrad_epochs=sortagrad_epochs,
+        max_batch_size=max_batch_size, sortagrad_epochs=sortagrad_epochs, rank=rank, world_size=world_size,
     )
     return DataLoader(
         dataset,

@@ -10,7 +10,7 @@ import jiwer
 
 @dataclass(frozen=True)
 class ErrorRates:
-    """WER and CER in percent, with the word-level edit counts."""
+    """WER and CER in percent, with the word- and character-level edit counts."""
 
     wer: float
     cer: float
@@ -20,6 +20,10 @@ class ErrorRates:
     words: int
     characters: int
     utterances: int
+    char_substitutions: int = 0
+    char_deletions: int = 0
+    char_insertions: int = 0
+    sentence_errors: int = 0  # utterances whose hypothesis differs from the reference
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -44,6 +48,10 @@ def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> ErrorRa
         words=n_words,
         characters=n_chars,
         utterances=len(references),
+        char_substitutions=chars.substitutions,
+        char_deletions=chars.deletions,
+        char_insertions=chars.insertions,
+        sentence_errors=sum(r != h for r, h in zip(references, hypotheses)),
     )
 
 

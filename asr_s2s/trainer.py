@@ -8,14 +8,19 @@ import math
 import os
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from asr_s2s import distributed
+from asr_s2s.checkpoints import read_checkpoint, write_checkpoint
 from asr_s2s.config import TrainConfig
+from asr_s2s.errors import CheckpointError, ConfigError, TrainingError
 from asr_s2s.dataset import SpeechDataset, make_loader
 from asr_s2s.features import num_frames
 from asr_s2s.audio import SAMPLE_RATE_HZ
@@ -40,8 +45,9 @@ class EpochResult:
     valid_cer: float
     audio_seconds: float
     wall_seconds: float
-    skipped_batches: int
+    skipped_batches: int  # non-finite loss or gradient
     failed_items: int
+    oom_batches: int = 0  # skipped after running out of (GPU) memory
 
 
 def seed_everything(seed: int) -> None:
@@ -96,6 +102,24 @@ def _set_numpy_rng_state(state: dict) -> None:
     np.random.set_state(("MT19937", state["key"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["cached"]))
 
 
+# train config keys that decide which batches an epoch visits, in which order
+_DATA_ORDER_KEYS = ("seed", "max_batch_seconds", "max_batch_size", "sortagrad_epochs", "accum_grad")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA's out-of-memory error (and other backends' "out of memory" RuntimeErrors)."""
+    oom_type = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    return isinstance(exc, oom_type) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+
+
+def _number(path: Path) -> int | None:
+    """N of ``epoch-N.pt`` or ``step-N.pt``; None for other names (e.g. an averaged model)."""
+    try:
+        return int(path.stem.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
 class Trainer:
     """Runs epochs, validates, logs and checkpoints. ``fit(resume=True)`` continues a run."""
 
@@ -107,23 +131,44 @@ class Trainer:
         self.config = config
         self.device = torch.device(device)
         self.exp_dir = Path(exp_dir)
-        self.progress = progress
+        # under torchrun: DDP over the process group; rank 0 alone writes (recipes/librispeech/README.md)
+        self.rank, self.world_size = distributed.get_rank(), distributed.get_world_size()
+        self.is_main = self.rank == 0
+        self.progress = progress and self.is_main
+        self.ddp = None
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            cuda = self.device.type == "cuda"
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device() if cuda else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=[index] if cuda else None)
+        self.bf16 = self.device.type == "cuda" and config.precision == "bf16"  # CPU trains in fp32
         self.train_loader = make_loader(
             train_set, config.max_batch_seconds, shuffle=True, seed=config.seed,
             num_workers=config.num_workers, max_batch_size=config.max_batch_size,
-            sortagrad_epochs=config.sortagrad_epochs,
+            sortagrad_epochs=config.sortagrad_epochs, rank=self.rank, world_size=self.world_size,
         )
-        self.valid_loader = make_loader(valid_set, config.valid_max_batch_seconds, shuffle=False, num_workers=0)
-        self.steps_per_epoch = len(self.train_loader.batch_sampler)
+        self.valid_loader = make_loader(
+            valid_set, config.valid_max_batch_seconds, shuffle=False, num_workers=0,
+            rank=self.rank, world_size=min(self.world_size, len(valid_set)),
+        ) if self.rank < len(valid_set) else []
+        self.steps_per_epoch = math.ceil(len(self.train_loader.batch_sampler) / config.accum_grad)
+        self.history: list[dict] = []  # {"epoch", "valid_loss", "valid_cer"} of every finished epoch
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(config.warmup_steps, config.epochs * self.steps_per_epoch, config.final_lr_ratio)
         )
         self.step = 0
         self.epoch = 0
+        for key in ("checkpoint_every_steps", "max_consecutive_bad_losses"):
+            value = getattr(config, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"train.{key} must be a positive integer, got {value}")
+        self._bad_in_a_row = 0  # batches with a non-finite loss or gradient since the last good one
+        self._resume_batches, self._resume_totals = 0, None  # set by a mid-epoch checkpoint
         self.infeasible = count_ctc_infeasible(train_set, model)
         self._tensorboard = None
-        if config.tensorboard:
+        if config.tensorboard and self.is_main:
             from torch.utils.tensorboard import SummaryWriter  # needs the [tensorboard] extra
 
             self._tensorboard = SummaryWriter(str(self.exp_dir / "tensorboard"))
@@ -132,10 +177,20 @@ class Trainer:
     def checkpoint_path(self, epoch: int) -> Path:
         return self.exp_dir / CHECKPOINT_DIR / f"epoch-{epoch}.pt"
 
-    def save_checkpoint(self) -> Path:
-        """Write the full training state atomically: a crash mid-write keeps the old file."""
-        path = self.checkpoint_path(self.epoch)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def step_checkpoint_path(self, step: int) -> Path:
+        return self.exp_dir / CHECKPOINT_DIR / f"step-{step}.pt"
+
+    def save_checkpoint(self, path: Path | None = None, batches_done: int = 0, totals: tuple = ()) -> Path:
+        """Write the full training state atomically: a crash mid-write keeps the old file.
+
+        :param path: where; by default the checkpoint of the last finished epoch, ``epoch-N.pt``.
+        :param batches_done: for a mid-epoch checkpoint, the batches of the current epoch already trained on;
+        :param totals: and the epoch's running totals, so that the resumed epoch reports the same result.
+        :raises CheckpointError: if it cannot be written (the previous checkpoints stay intact).
+        """
+        path = path or self.checkpoint_path(self.epoch)
+        if not self.is_main:
+            return path  # under torchrun, rank 0 alone writes
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -143,87 +198,260 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "numpy_rng": _numpy_rng_state(),
             "python_rng": list(random.getstate()[1]),
             "train_config": asdict(self.config),
+            "train_utterances": len(self.train_loader.dataset),
+            "batches_done": batches_done,
+            "epoch_totals": list(totals),
+            "bad_in_a_row": self._bad_in_a_row,
         }
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-        return path
+        return write_checkpoint(state, path)
 
     def latest_checkpoint(self) -> Path | None:
+        """The newer of the last epoch checkpoint and the (mid-epoch) step checkpoint, if any."""
         folder = self.exp_dir / CHECKPOINT_DIR
-        found = sorted(folder.glob("epoch-*.pt"), key=lambda p: int(p.stem.split("-")[1])) if folder.is_dir() else []
-        return found[-1] if found else None
+        if not folder.is_dir():
+            return None
+
+        def last(pattern: str) -> Path | None:
+            numbered = [(n, p) for p in folder.glob(pattern) if (n := _number(p)) is not None]
+            return max(numbered)[1] if numbered else None
+
+        epoch_file, step_file = last("epoch-*.pt"), last("step-*.pt")
+        if epoch_file is None or step_file is None:
+            return epoch_file or step_file
+        # a step checkpoint is removed once its epoch's checkpoint is written; one a crash left behind is older
+        finished = int(read_checkpoint(step_file, required=("epoch",), mmap=True)["epoch"])
+        return step_file if finished >= _number(epoch_file) else epoch_file
 
     def load_checkpoint(self, path: Path) -> None:
-        """Restore a state written by :meth:`save_checkpoint` (tensors only; nothing is unpickled as code)."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        """Restore a state written by :meth:`save_checkpoint`, mid-epoch ones included.
+
+        Only plain data is loaded (see :func:`asr_s2s.checkpoints.read_checkpoint`).
+
+        :raises CheckpointError: naming the file, if it is unreadable, unsafe or does not fit this model.
+        """
+        state = read_checkpoint(
+            path, required=("model", "optimizer", "scheduler", "epoch", "step", "torch_rng", "numpy_rng", "python_rng")
+        )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            detail = str(exc).split("\n", 1)[-1].strip()
+            raise CheckpointError(f"{path}: does not match the model built from --config: {detail}") from None
+        try:
+            torch.set_rng_state(state["torch_rng"])
+            if torch.cuda.is_available():  # as many GPUs as both runs have
+                for device, cuda_state in enumerate(state.get("cuda_rng", [])[: torch.cuda.device_count()]):
+                    torch.cuda.set_rng_state(cuda_state, device)
+            _set_numpy_rng_state(state["numpy_rng"])
+            random.setstate((3, tuple(state["python_rng"]), None))
+        except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+            raise CheckpointError(f"{path}: malformed random-generator state ({exc})") from None
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        torch.set_rng_state(state["torch_rng"])
-        _set_numpy_rng_state(state["numpy_rng"])
-        random.setstate((3, tuple(state["python_rng"]), None))
-        log.info("resumed from %s (epoch %d, step %d)", path, self.epoch, self.step)
+        self._resume_batches = int(state.get("batches_done", 0))
+        self._resume_totals = tuple(state.get("epoch_totals", ())) or None
+        self._bad_in_a_row = int(state.get("bad_in_a_row", 0))
+        saved = state.get("train_config", {})
+        changed = [k for k in _DATA_ORDER_KEYS if k in saved and saved[k] != getattr(self.config, k, saved[k])]
+        if state.get("train_utterances", len(self.train_loader.dataset)) != len(self.train_loader.dataset):
+            changed.append("the training manifest")
+        if changed:
+            log.warning("%s: %s changed since this checkpoint; the resumed run will not visit the same batches",
+                        path, ", ".join(changed))
+        where = f", {self._resume_batches} batches into epoch {self.epoch + 1}" if self._resume_batches else ""
+        log.info("resumed from %s (epoch %d, step %d%s)", path, self.epoch, self.step, where)
+
+    def _remove_step_checkpoints(self, keep: Path | None = None) -> None:
+        """Delete mid-epoch checkpoints other than ``keep`` (after a newer checkpoint is safely written)."""
+        if not self.is_main:
+            return
+        for old in (self.exp_dir / CHECKPOINT_DIR).glob("step-*.pt"):
+            if old != keep:
+                old.unlink(missing_ok=True)
+
+    def _maybe_checkpoint_step(self, batches_done: int, totals: tuple) -> None:
+        """Every ``checkpoint_every_steps`` optimizer steps, save a mid-epoch checkpoint (only the latest is kept)."""
+        every = self.config.checkpoint_every_steps
+        if every and self.step % every == 0:
+            path = self.save_checkpoint(self.step_checkpoint_path(self.step), batches_done, totals)
+            self._remove_step_checkpoints(keep=path)
+
+    def _trim_log(self) -> None:
+        """Drop the log rows written after the restored checkpoint: that work is about to be redone."""
+        path = self.exp_dir / LOG_FILE
+        if not self.is_main or not path.is_file():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the crash
+            if row.get("kind") == "epoch":
+                before = row.get("epoch", 0) <= self.epoch
+            elif "batch" in row:  # about one batch (bad_loss, oom): epoch and batch are 1-based
+                before = (row.get("epoch", 0), row["batch"]) <= (self.epoch + 1, self._resume_batches)
+            else:
+                before = row.get("step", 0) <= self.step
+            if before:
+                kept.append(line + "\n")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
 
     # -- the loop ----------------------------------------------------------
     def fit(self, resume: bool = False) -> list[EpochResult]:
         """Train until ``config.epochs``; with ``resume``, continue from the latest checkpoint."""
         self.exp_dir.mkdir(parents=True, exist_ok=True)
-        if resume and (latest := self.latest_checkpoint()) is not None:
+        latest = self.latest_checkpoint()
+        if latest is not None and not resume:
+            raise CheckpointError(
+                f"{self.exp_dir} already holds a training run (latest checkpoint {latest}); "
+                "pass --resume to continue it, or choose another --exp-dir"
+            )
+        if latest is not None:
             self.load_checkpoint(latest)
+            self._trim_log()
+            self.history = self._read_history()
+            if self.rank:  # the checkpoint holds rank 0's generators; other ranks draw their own masks
+                seed_everything(self.config.seed + 1000 * self.rank + self.epoch)
         else:
-            seed_everything(self.config.seed)
-            (self.exp_dir / LOG_FILE).unlink(missing_ok=True)
+            seed_everything(self.config.seed + self.rank)
+            if self.is_main:
+                (self.exp_dir / LOG_FILE).unlink(missing_ok=True)
         results = []
-        while self.epoch < self.config.epochs:
+        while self.epoch < self.config.epochs and not self.early_stop():
             results.append(self.train_one_epoch())
             self.save_checkpoint()
+            self._remove_step_checkpoints()
         return results
+
+    # -- model selection ---------------------------------------------------
+    def best_epoch(self) -> int | None:
+        """The finished epoch with the lowest ``config.selection_metric`` (the earliest on ties)."""
+        metric = self.config.selection_metric
+        scored = [(row[metric], row["epoch"]) for row in self.history if math.isfinite(row[metric])]
+        return min(scored)[1] if scored else None
+
+    def early_stop(self) -> bool:
+        """True once ``config.early_stopping_patience`` epochs have passed without a better selection metric."""
+        patience, best = self.config.early_stopping_patience, self.best_epoch()
+        if patience is None or best is None or self.epoch - best < patience:
+            return False
+        log.info("early stopping after epoch %d: %s has not improved on epoch %d's for %d epochs",
+                 self.epoch, self.config.selection_metric, best, self.epoch - best)
+        return True
+
+    def _read_history(self) -> list[dict]:
+        """Validation results of the epochs up to the restored one, from the JSONL log."""
+        rows: dict[int, dict] = {}
+        path = self.exp_dir / LOG_FILE
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a crash
+                if row.get("kind") == "epoch" and row.get("epoch", 0) <= self.epoch:
+                    rows[row["epoch"]] = {k: row[k] for k in ("epoch", "valid_loss", "valid_cer")}
+        return [rows[e] for e in sorted(rows)]
 
     def train_one_epoch(self) -> EpochResult:
         self.model.train()
         self.train_loader.batch_sampler.set_epoch(self.epoch)
         started = time.perf_counter()
-        total_loss, batches, audio_s, skipped, failed = 0.0, 0, 0.0, 0, 0
-        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.config.epochs}", unit="batch", disable=not self.progress, leave=False)
-        for batch in bar:
+        # a mid-epoch checkpoint resumes after the batches it had done, with the epoch's totals so far
+        total_loss, batches, audio_s, skipped, failed, oom = self._resume_totals or (0.0, 0, 0.0, 0, 0, 0)
+        done, self._resume_batches, self._resume_totals = self._resume_batches, 0, None
+        bar = tqdm(self._epoch_batches(done), total=len(self.train_loader.batch_sampler), initial=done,
+                   desc=f"epoch {self.epoch + 1}/{self.config.epochs}", unit="batch", disable=not self.progress, leave=False)
+        # One optimizer step per ``accum_grad`` batches (the last group of an epoch may be shorter); each
+        # batch's loss is divided by its group's size. Under DDP only a group's last batch all-reduces.
+        accum, n_local = self.config.accum_grad, len(self.train_loader.batch_sampler)
+        contributed, out = 0, None  # batches backpropagated since the last step; the last good output
+        self.optimizer.zero_grad(set_to_none=True)
+        for index, batch in enumerate(bar, start=done):
             failed += self._report_failed(batch)
-            if len(batch) == 0:
+            group_end = (index + 1) % accum == 0 or index + 1 == n_local
+            group_size = min(accum, n_local - index // accum * accum)
+            with self.ddp.no_sync() if self.ddp is not None and not group_end else nullcontext():
+                result, oom_hit = self._guarded(self._forward, batch) if len(batch) else (None, False)
+                ok = result is not None and bool(torch.isfinite(result.loss))
+                if result is not None and not ok:
+                    skipped += 1
+                    self._bad_batch("non-finite loss", result.loss.item(), batch, index)
+                synced = self.ddp is not None and group_end and distributed.all_true(ok)
+                if self.ddp is not None and group_end and ok and not synced:
+                    skipped += 1  # another rank's batch failed: every rank drops its last batch of this step
+                    ok = False
+                if ok:
+                    _, oom_hit = self._guarded(lambda: (result.loss / group_size).backward())
+                    ok = not oom_hit
+                if oom_hit:  # this batch, and the group's gradients so far, are dropped
+                    oom, contributed, result = oom + 1, 0, None
+                    self._out_of_memory(batch, index)
+                if ok:
+                    self._bad_in_a_row = 0
+                    contributed += 1
+                    batches += 1
+                    total_loss += result.loss.item()
+                    audio_s += batch.audio_seconds
+                    out = result
+            if not group_end:
                 continue
-            batch = batch.to(self.device)
-            out = self.model(batch.feats, batch.feat_lengths, batch.tokens, batch.token_lengths)
-            if not torch.isfinite(out.loss):
-                skipped += 1
-                log.warning("non-finite loss at step %d (batch of %s); batch skipped", self.step, batch.ids[0])
-                self.optimizer.zero_grad(set_to_none=True)
+            if self.ddp is not None and not synced:
+                if not distributed.any_rank(contributed > 0):
+                    contributed = 0
+                    continue
+                self._all_reduce_gradients()  # the step's earlier batches, which DDP did not reduce
+            elif contributed == 0:
                 continue
-            self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            if not torch.isfinite(grad_norm):
+                skipped, contributed = skipped + 1, 0
+                self.optimizer.zero_grad(set_to_none=True)
+                self._bad_batch("non-finite gradient", grad_norm.item(), batch, index)
+                continue
             self.optimizer.step()
             self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            batches += 1
-            total_loss += out.loss.item()
-            audio_s += batch.audio_seconds
-            bar.set_postfix(loss=f"{out.loss.item():.3f}", acc=f"{out.accuracy.item():.2f}")
-            if self.step % self.config.log_interval == 0:
-                self._log({
-                    "kind": "step", "step": self.step, "epoch": self.epoch + 1, "loss": out.loss.item(),
-                    "attention_loss": out.attention_loss.item(),
-                    "ctc_loss": None if out.ctc_loss is None else out.ctc_loss.item(),
-                    "accuracy": out.accuracy.item(), "grad_norm": grad_norm.item(), "lr": self.scheduler.get_last_lr()[0],
-                })
+            contributed = 0
+            if out is not None:  # None: this rank has had no good batch yet; others have
+                bar.set_postfix(loss=f"{out.loss.item():.3f}", acc=f"{out.accuracy.item():.2f}")
+                if self.step % self.config.log_interval == 0:
+                    self._log({
+                        "kind": "step", "step": self.step, "epoch": self.epoch + 1, "loss": out.loss.item(),
+                        "attention_loss": out.attention_loss.item(),
+                        "ctc_loss": None if out.ctc_loss is None else out.ctc_loss.item(),
+                        "accuracy": out.accuracy.item(), "grad_norm": grad_norm.item(), "lr": self.scheduler.get_last_lr()[0],
+                    })
+            # after the step's log row, so that a resumed run's log holds every step exactly once
+            self._maybe_checkpoint_step(index + 1, (total_loss, batches, audio_s, skipped, failed, oom))
         bar.close()
         self.epoch += 1
+        if self.world_size > 1:  # epoch totals over every rank
+            total_loss, batches, audio_s, skipped, failed, oom = (
+                sum(column) for column in zip(*distributed.all_gather_objects((total_loss, batches, audio_s, skipped, failed, oom)))
+            )
+        if batches == 0:
+            raise TrainingError(
+                f"epoch {self.epoch}: no batch could be trained on ({failed} utterance(s) failed to load, "
+                f"{skipped} batch(es) had a non-finite loss, {oom} ran out of memory; see the warnings above)"
+            )
         valid_loss, valid_cer = self.validate()
         wall = time.perf_counter() - started
-        result = EpochResult(self.epoch, self.step, total_loss / max(1, batches), valid_loss, valid_cer, audio_s, wall, skipped, failed)
-        self._log({"kind": "epoch", **asdict(result)})
+        result = EpochResult(
+            self.epoch, self.step, total_loss / max(1, batches), valid_loss, valid_cer, audio_s, wall, skipped, failed,
+            oom_batches=oom,
+        )
+        self.history.append({"epoch": self.epoch, "valid_loss": valid_loss, "valid_cer": valid_cer})
+        self._log({"kind": "epoch", **asdict(result), "best_epoch": self.best_epoch()})
         log.info(
             "epoch %d: train loss %.3f, valid loss %.3f, valid CER %.2f%%, %.1f audio-s/s",
             self.epoch, result.train_loss, valid_loss, valid_cer, audio_s / wall,
@@ -231,9 +459,90 @@ class Trainer:
         self._plot()
         return result
 
+    def _forward(self, batch):
+        """The training loss of one batch (through DDP under torchrun; bf16 autocast on CUDA)."""
+        batch = batch.to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return (self.ddp or self.model)(batch.feats, batch.feat_lengths, batch.tokens, batch.token_lengths)
+
+    # -- faults ------------------------------------------------------------
+    def _epoch_batches(self, done: int):
+        """An iterator over this epoch's batches from the ``done``-th on, drawing nothing from the global RNGs.
+
+        Creating a DataLoader iterator draws a worker seed from torch's global
+        generator; that draw is undone, so that a run resumed mid-epoch draws
+        exactly the random numbers (dropout, SpecAugment) of an uninterrupted one.
+        """
+        rng = torch.get_rng_state()
+        loader = self.train_loader
+        if done:
+            loader = DataLoader(
+                loader.dataset, batch_sampler=loader.batch_sampler.batches()[done:], collate_fn=loader.collate_fn,
+                num_workers=loader.num_workers,
+            )
+        batches = iter(loader)
+        torch.set_rng_state(rng)
+        return batches
+
+    @staticmethod
+    def _guarded(fn, *args):
+        """``(fn(*args), False)``, or ``(None, True)`` if it ran out of GPU memory (the error is gone by then)."""
+        try:
+            return fn(*args), False
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                raise
+        return None, True
+
+    def _out_of_memory(self, batch, index: int) -> None:
+        """Free what an out-of-memory batch left behind, warn, and log it."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        padded_s = len(batch) * batch.feats.shape[1] / 100
+        log.warning(
+            "out of memory on epoch %d batch %d (%d utterances, %.0f padded audio-s, e.g. %s); batch skipped. "
+            "Lower train.max_batch_seconds if this repeats", self.epoch + 1, index + 1, len(batch), padded_s, batch.ids[0],
+        )
+        self._log({"kind": "oom", "epoch": self.epoch + 1, "batch": index + 1, "step": self.step, "utterances": batch.ids})
+
+    def _bad_batch(self, what: str, value: float, batch, index: int) -> None:
+        """Count, warn and log a batch skipped for a NaN/inf loss or gradient; stop after too many in a row.
+
+        :raises TrainingError: on the ``max_consecutive_bad_losses``-th such batch in a row.
+        """
+        self._bad_in_a_row += 1
+        log.warning(
+            "%s (%s) on epoch %d batch %d (utterances %s); batch skipped (%d in a row)",
+            what, value, self.epoch + 1, index + 1, ", ".join(batch.ids[:5]), self._bad_in_a_row,
+        )
+        self._log({
+            "kind": "bad_loss", "epoch": self.epoch + 1, "batch": index + 1, "step": self.step, "what": what,
+            "value": str(value), "utterances": batch.ids, "in_a_row": self._bad_in_a_row,
+        })
+        limit = self.config.max_consecutive_bad_losses
+        if self._bad_in_a_row >= limit:
+            latest = self.latest_checkpoint()
+            raise TrainingError(
+                f"{self._bad_in_a_row} batches in a row had a non-finite loss or gradient (the last: epoch "
+                f"{self.epoch + 1} batch {index + 1}, utterances {', '.join(batch.ids[:5])}); training stopped "
+                f"(train.max_consecutive_bad_losses is {limit}). Lower train.lr or check those utterances, then "
+                + (f"continue from {latest} with --resume" if latest else "start again")
+            )
+
+    def _all_reduce_gradients(self) -> None:
+        """Average gradients over ranks by hand (when DDP's own reduction was skipped)."""
+        import torch.distributed as dist
+
+        for p in self.model.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad.div_(self.world_size)
+
     @torch.inference_mode()
     def validate(self) -> tuple[float, float]:
-        """Validation loss (teacher forced) and greedy CER in percent."""
+        """Validation loss (teacher forced) and greedy CER in percent (over every rank's share)."""
         self.model.eval()
         losses, refs, hyps = [], [], []
         tok = self.model.tokenizer
@@ -243,8 +552,10 @@ class Trainer:
             if len(batch) == 0:
                 continue
             batch = batch.to(self.device)
-            states, lengths = self.model.encode(batch.feats, batch.feat_lengths)
-            out = self.model.loss(states, lengths, batch.tokens, batch.token_lengths)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                states, lengths = self.model.encode(batch.feats, batch.feat_lengths)
+                out = self.model.loss(states, lengths, batch.tokens, batch.token_lengths)
+            states = states.float()
             losses.append(float(out.loss) * len(batch))
             found, attention = greedy_search(self.model.decoder, states, lengths, tok.sos_id, tok.eos_id)
             if example is None:
@@ -254,8 +565,11 @@ class Trainer:
             refs += batch.texts
             hyps += [tok.decode(h.tokens) for h in found]
         self.model.train()
-        if example is not None:
+        if example is not None and self.is_main:
             self._plot_attention(*example)
+        if self.world_size > 1:
+            shares = distributed.all_gather_objects((sum(losses), refs, hyps))
+            losses, refs, hyps = [s[0] for s in shares], [r for s in shares for r in s[1]], [h for s in shares for h in s[2]]
         if not refs:
             return float("nan"), float("nan")
         return sum(losses) / len(refs), error_rates(refs, hyps).cer
@@ -266,6 +580,8 @@ class Trainer:
         return len(batch.failed)
 
     def _log(self, row: dict) -> None:
+        if not self.is_main:
+            return
         with (self.exp_dir / LOG_FILE).open("a") as handle:
             handle.write(json.dumps(row) + "\n")
         if self._tensorboard is not None:
@@ -285,6 +601,8 @@ class Trainer:
             log.warning("could not plot attention: %s", exc)
 
     def _plot(self) -> None:
+        if not self.is_main:
+            return
         from asr_s2s.plotting import plot_training_curves
 
         try:

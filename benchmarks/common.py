@@ -25,6 +25,8 @@ REFERENCE = ModelConfig(
 )
 REFERENCE_TOKENS = 32
 DEFAULT_CONFIG = "recipes/mini_librispeech/conf/las_mini.yaml"
+LAS_100H_CONFIG = "recipes/librispeech/conf/las_100h.yaml"  # the LibriSpeech recipe's 100 h model
+LAS_960H_CONFIG = "recipes/librispeech/conf/las_960h.yaml"  # and its 960 h model
 
 
 def build(config: ModelConfig, num_tokens: int | None = None) -> ASRModel:
@@ -35,9 +37,15 @@ def build(config: ModelConfig, num_tokens: int | None = None) -> ASRModel:
     return ASRModel(config, tokenizer, CMVNStats.identity(config.num_mel_bins), Registry())
 
 
-def models(root: str) -> dict[str, tuple[ModelConfig, int | None]]:
-    """The default recipe model and the reference model."""
-    return {"default": (load_config(f"{root}/{DEFAULT_CONFIG}").model, None), "reference": (REFERENCE, REFERENCE_TOKENS)}
+def models(root: str, names: tuple[str, ...] = ("default", "reference")) -> dict[str, tuple[ModelConfig, int | None]]:
+    """Benchmark models by name: the default recipe model, the reference model, LibriSpeech ``las_100h`` and ``las_960h``."""
+    known = {
+        "default": lambda: (load_config(f"{root}/{DEFAULT_CONFIG}").model, None),
+        "reference": lambda: (REFERENCE, REFERENCE_TOKENS),
+        "las_100h": lambda: (load_config(f"{root}/{LAS_100H_CONFIG}").model, None),
+        "las_960h": lambda: (load_config(f"{root}/{LAS_960H_CONFIG}").model, None),
+    }
+    return {name: known[name]() for name in names}
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:

@@ -106,3 +106,67 @@ def test_sortagrad_visits_shortest_batches_first_then_shuffles():
     shuffled = [max(durations[i] for i in batch) for batch in sampler.batches()]
     assert shuffled != sorted(shuffled)
     assert sorted(i for b in sampler.batches() for i in b) == list(range(300))
+
+
+# -- sharding across ranks (torchrun) -----------------------------------------------------
+@given(
+    durations=durations_st,
+    cap=st.floats(min_value=1.0, max_value=120.0),
+    seed=st.integers(0, 2**16),
+    epoch=st.integers(0, 20),
+    world=st.integers(1, 5),
+    max_size=st.none() | st.integers(1, 8),
+)
+@settings(max_examples=200)
+def test_ranks_get_disjoint_equal_shares_that_cover_the_epoch(durations, cap, seed, epoch, world, max_size):
+    if len(durations) < world:
+        with pytest.raises(ValueError, match="cannot be shared"):
+            BucketBatchSampler(durations, cap, seed=seed, world_size=world)
+        return
+    samplers = [BucketBatchSampler(durations, cap, seed=seed, max_batch_size=max_size, rank=r, world_size=world)
+                for r in range(world)]
+    shares = []
+    for sampler in samplers:
+        sampler.set_epoch(epoch)
+        shares.append(list(sampler))
+    assert len({len(s) for s in shares}) == 1, "every rank takes the same number of steps"
+    assert all(len(s) == len(sampler) for s, sampler in zip(shares, samplers))
+    flat = [i for share in shares for batch in share for i in batch]
+    assert sorted(flat) == list(range(len(durations))), "no utterance duplicated or lost"
+    assert all(batch for share in shares for batch in share)
+    # step k of all ranks together is global batches kW .. kW+W-1
+    global_batches = samplers[0].global_batches()
+    assert [share[k] for k in range(len(shares[0])) for share in shares] == global_batches
+
+
+def test_one_rank_is_the_unsharded_sampler():
+    rng = random.Random(5)
+    durations = [rng.uniform(1, 20) for _ in range(101)]
+    plain, sharded = BucketBatchSampler(durations, 60.0, seed=2), BucketBatchSampler(durations, 60.0, seed=2, rank=0, world_size=1)
+    for epoch in range(3):
+        plain.set_epoch(epoch)
+        sharded.set_epoch(epoch)
+        assert list(plain) == list(sharded)
+
+
+def test_shards_reshuffle_every_epoch():
+    rng = random.Random(7)
+    durations = [rng.uniform(1, 20) for _ in range(200)]
+    sampler = BucketBatchSampler(durations, 60.0, seed=0, rank=1, world_size=2)
+    orders = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        orders.append([i for b in sampler for i in b])
+    assert orders[0] != orders[1] != orders[2]
+    assert {frozenset(o) for o in orders} != {frozenset(orders[0])}, "a rank sees different utterances each epoch"
+
+
+def test_even_out_splits_the_largest_batch_or_merges_singles():
+    from asr_s2s.batching import even_out
+
+    assert even_out([[0, 1, 2], [3]], 2, [1.0] * 4) == [[0, 1, 2], [3]]
+    assert even_out([[0, 1, 2], [3], [4, 5]], 2, [1.0] * 6) == [[0, 1], [2], [3], [4, 5]]
+    assert even_out([[0, 1, 2, 3, 4]], 3, [1.0] * 5) == [[0, 1], [2], [3, 4]]
+    # only single-utterance batches: the two shortest are merged
+    assert even_out([[0], [1], [2]], 2, [3.0, 1.0, 2.0]) == [[0], [1, 2]]
+    assert even_out([[0, 1], [2], [3]], 2, [3.0, 3.0, 1.0, 2.0]) == [[0], [1], [2], [3]]

@@ -141,3 +141,34 @@ def test_configs_are_frozen():
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(cls(), dataclasses.fields(cls)[0].name, None)
 
+
+
+def test_scale_out_and_selection_fields(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {accum_grad: 4, precision: fp32, speed_perturb: [0.9, 1, 1.1], "
+                    "early_stopping_patience: 3, selection_metric: valid_cer}\n")
+    train = load_config(path).train
+    assert train.accum_grad == 4 and train.precision == "fp32" and train.speed_perturb == [0.9, 1.0, 1.1]
+    assert train.early_stopping_patience == 3 and train.selection_metric == "valid_cer"
+    for bad, message in [
+        ("speed_perturb: [0.9, fast]", r"train.speed_perturb\[1\]: expected float"),
+        ("speed_perturb: 0.9", "train.speed_perturb: expected a list"),
+        ("speed_perturb: [3.0]", "factors must lie in"),
+        ("accum_grad: 0", "accum_grad must be at least 1"),
+        ("precision: fp16", "precision must be 'bf16' or 'fp32'"),
+        ("selection_metric: wer", "selection_metric must be"),
+        ("early_stopping_patience: 0", "early_stopping_patience must be at least 1"),
+    ]:
+        path.write_text(f"train: {{{bad}}}\n")
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)
+
+
+def test_librispeech_configs_load_and_use_4x_with_ctc():
+    for name in ("las_100h", "las_960h", "las_tiny"):
+        config = load_config(REPO / "recipes" / "librispeech" / "conf" / f"{name}.yaml")
+        assert config.model.ctc_weight == 0.3 and config.model.encoder["pyramid_layers"] == 2, name
+        assert config.train.speed_perturb == [0.9, 1.0, 1.1] and config.model.specaug is not None, name
+        assert config.model.decoder.get("attention_type", "location") == "location", name
+    big = load_config(REPO / "recipes" / "librispeech" / "conf" / "las_960h.yaml").model
+    assert 320 <= big.encoder["hidden_size"] <= 512 and big.decoder["num_layers"] in (1, 2)

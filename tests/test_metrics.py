@@ -31,7 +31,14 @@ def test_perfect():
 
 def test_as_dict_has_the_reported_keys():
     d = error_rates(["A"], ["B"]).as_dict()
-    assert {"wer", "cer", "substitutions", "deletions", "insertions", "words", "characters", "utterances"} == set(d)
+    assert {"wer", "cer", "substitutions", "deletions", "insertions", "words", "characters", "utterances",
+            "char_substitutions", "char_deletions", "char_insertions", "sentence_errors"} == set(d)
+
+
+def test_character_counts_and_sentence_errors():
+    rates = error_rates(["AB C", "HELLO"], ["AX C D", "HELLO"])
+    assert (rates.char_substitutions, rates.char_deletions, rates.char_insertions) == (1, 0, 2)
+    assert rates.sentence_errors == 1 and rates.characters == 4 + 5
 
 
 def test_mismatched_or_empty_inputs():

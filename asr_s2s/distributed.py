@@ -1,0 +1,103 @@
+"""torch.distributed from torchrun's environment, and helpers that do nothing in one process.
+
+``torchrun --nproc_per_node=N`` (or ``--nnodes`` with a rendezvous endpoint for
+several machines) starts N copies of a command and sets ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in each.
+:func:`init_from_env` reads them: NCCL on CUDA devices (one GPU per local
+rank), gloo on the CPU. Without them everything here is a no-op for one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place: global ``rank`` of ``world_size``, ``local_rank`` on its machine, and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_from_env(device: str = "cpu") -> DistInfo:
+    """Join the process group that torchrun set up, if any.
+
+    :param device: ``cpu``, ``cuda`` or ``cuda:K``; under torchrun a CUDA
+        device becomes ``cuda:LOCAL_RANK``.
+    :returns: this process's rank, world size, local rank and device.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo(device=device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = device.startswith("cuda")
+    if cuda:
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    log.info("rank %d of %d (local rank %d) on %s", rank, world_size, local_rank, device)
+    return DistInfo(rank, world_size, local_rank, device)
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """True on rank 0, the one process that writes checkpoints, logs and packages."""
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in one process."""
+    if not is_distributed():
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def any_rank(flag: bool) -> bool:
+    """True if ``flag`` is true on any rank, so that every rank takes the same branch."""
+    if not is_distributed():
+        return flag
+    return any(all_gather_objects(bool(flag)))
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_true(flag: bool) -> bool:
+    """True only if ``flag`` is true on every rank."""
+    return not any_rank(not flag)
