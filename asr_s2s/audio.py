@@ -15,6 +15,8 @@ from asr_s2s.errors import AudioLoadError
 SAMPLE_RATE_HZ = 16_000
 MIN_DURATION_S = 0.1
 MAX_DURATION_S = 3600.0
+MIN_RATE_HZ, MAX_RATE_HZ = 1_000, 384_000  # sample rates outside this range are refused as corrupt or absurd
+BLOCK_SAMPLES = 1 << 22  # samples (all channels) decoded per block: 16 MB of float32
 
 
 def load_audio(source: str | os.PathLike | bytes, sample_rate_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
@@ -26,7 +28,8 @@ def load_audio(source: str | os.PathLike | bytes, sample_rate_hz: int = SAMPLE_R
     :param source: a path, or the bytes of a file (e.g. a wav read from stdin).
     :returns: ``(S,)`` float32 samples in [-1, 1].
     :raises AudioLoadError: naming the file, if it is missing, empty, not audio,
-        corrupt, shorter than 100 ms, longer than an hour, or holds NaN/inf samples.
+        corrupt, shorter than 100 ms, longer than an hour, holds NaN/inf samples,
+        or has a sample rate outside 1-384 kHz.
     """
     label = "<bytes>" if isinstance(source, bytes) else str(source)
     data, rate = _decode(source, label)
@@ -65,17 +68,47 @@ def _decode(source: str | os.PathLike | bytes, label: str) -> tuple[np.ndarray, 
         stream = soundfile.SoundFile(handle)
     except (soundfile.LibsndfileError, RuntimeError) as open_error:
         if isinstance(source, bytes):
-            raise AudioLoadError(f"{label}: not a readable audio file ({open_error})") from None
+            reason = str(open_error).rsplit(": ", 1)[-1]  # not "Error opening <_io.BytesIO object at 0x...>"
+            raise AudioLoadError(f"{label}: not a readable audio file ({reason})") from None
         return _decode_with_ffmpeg(source, label, open_error)
     with stream:
-        expected, rate = stream.frames, stream.samplerate
+        expected, rate = stream.frames, int(stream.samplerate)
+        _check_rate(rate, label)
         try:
-            data = stream.read(dtype="float32", always_2d=False)
+            data = _read_blocks(stream, rate, label)
         except (soundfile.LibsndfileError, RuntimeError) as exc:
             raise AudioLoadError(f"{label}: corrupt or truncated {stream.format} audio ({exc})") from None
     if len(data) < expected:
         raise AudioLoadError(f"{label}: truncated audio: the header promises {expected} samples, {len(data)} decoded")
-    return data, int(rate)
+    return data, rate
+
+
+def _check_rate(rate: int, label: str) -> None:
+    if not MIN_RATE_HZ <= rate <= MAX_RATE_HZ:
+        raise AudioLoadError(f"{label}: unsupported sample rate {rate} Hz (expected {MIN_RATE_HZ}-{MAX_RATE_HZ} Hz)")
+
+
+def _read_blocks(stream: soundfile.SoundFile, rate: int, label: str) -> np.ndarray:
+    """Decode block by block, so that a header claiming billions of frames costs no memory it has not earned.
+
+    Stops with an error as soon as more than :data:`MAX_DURATION_S` has been decoded.
+    """
+    block = max(1, BLOCK_SAMPLES // stream.channels)
+    limit = int(MAX_DURATION_S * rate)
+    parts, total = [], 0
+    while True:
+        part = stream.read(block, dtype="float32", always_2d=True)
+        parts.append(part)
+        total += len(part)
+        if len(part) < block:
+            break
+        if total > limit:
+            raise AudioLoadError(
+                f"{label}: audio is over {total / rate / 60:.1f} min long; split files longer than "
+                f"{MAX_DURATION_S / 60:.0f} min first"
+            )
+    data = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return data[:, 0] if data.shape[1] == 1 else data
 
 
 def _decode_with_ffmpeg(source: str | os.PathLike, label: str, open_error: Exception) -> tuple[np.ndarray, int]:
@@ -85,13 +118,15 @@ def _decode_with_ffmpeg(source: str | os.PathLike, label: str, open_error: Excep
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            data, rate = librosa.load(source, sr=None, mono=True, dtype=np.float32)
+            # the cap keeps a small file that decodes to days of audio from filling memory
+            data, rate = librosa.load(source, sr=None, mono=True, dtype=np.float32, duration=MAX_DURATION_S + 1)
     except Exception as exc:  # noqa: BLE001 - any decoder failure means unreadable audio
         raise AudioLoadError(
             f"{label}: not a readable audio file (libsndfile: {open_error}; ffmpeg: {type(exc).__name__})"
         ) from None
     if data.size == 0:
         raise AudioLoadError(f"{label}: decoded to no samples")
+    _check_rate(int(rate), label)
     return data, int(rate)
 
 
@@ -101,3 +136,121 @@ def audio_duration_s(path: str | os.PathLike) -> float:
         return float(soundfile.info(str(path)).duration)
     except (soundfile.LibsndfileError, RuntimeError):
         return len(load_audio(path)) / SAMPLE_RATE_HZ
+
+
+def change_speed(waveform: np.ndarray, factor: float, sample_rate_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
+    """Play ``waveform`` ``factor`` times faster, like sox's ``speed`` effect (Kaldi's speed perturbation).
+
+    Tempo and pitch change together: the samples are treated as if recorded at
+    ``factor * sample_rate_hz`` and resampled back to ``sample_rate_hz``
+    (torchaudio's windowed-sinc resampler), so the result holds about
+    ``len(waveform) / factor`` samples.
+
+    :param waveform: ``(S,)`` float32 samples.
+    :returns: ``(round(S / factor),)`` float32 samples, or ``waveform`` itself for a factor of 1.
+    """
+    if factor <= 0:
+        raise ValueError(f"speed factor must be positive, got {factor}")
+    if factor == 1.0:
+        return waveform
+    import torch
+    import torchaudio
+
+    source_rate = round(sample_rate_hz * factor)
+    out = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(waveform)), source_rate, sample_rate_hz)
+    return out.numpy()
+
+
+STREAM_BLOCK_S = 30.0  # seconds of audio per block of stream_audio
+
+
+def stream_audio(source: str | os.PathLike, sample_rate_hz: int = SAMPLE_RATE_HZ, block_s: float = STREAM_BLOCK_S):
+    """Read an audio file as mono float32 blocks at ``sample_rate_hz``, holding one block at a time.
+
+    The streaming counterpart of :func:`load_audio` for long recordings: there
+    is no length limit, and memory does not grow with the file. libsndfile
+    formats are resampled block by block with soxr's streaming resampler; other
+    formats (m4a, aac, ...) are decoded, downmixed and resampled by the ffmpeg
+    binary through a pipe (by :func:`load_audio` when there is no ffmpeg).
+
+    :returns: an iterator of ``(S_i,)`` float32 blocks of about ``block_s`` seconds.
+    :raises AudioLoadError: while iterating, naming the file, if it is missing,
+        empty, not audio, corrupt or truncated, shorter than 100 ms, holds NaN/inf
+        samples, or has a sample rate outside 1-384 kHz.
+    """
+    label = str(source)
+    path = Path(source)
+    if not path.exists():
+        raise AudioLoadError(f"{label}: no such file")
+    if path.is_dir():
+        raise AudioLoadError(f"{label}: is a directory, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioLoadError(f"{label}: file is empty (0 bytes)")
+    try:
+        stream = soundfile.SoundFile(path)
+    except (soundfile.LibsndfileError, RuntimeError) as open_error:
+        yield from _stream_with_ffmpeg(path, label, open_error, sample_rate_hz, block_s)
+        return
+    with stream:
+        rate, expected = int(stream.samplerate), stream.frames
+        _check_rate(rate, label)
+        resampler = None
+        if rate != sample_rate_hz:
+            import soxr  # librosa's resampling backend
+
+            resampler = soxr.ResampleStream(rate, sample_rate_hz, 1, dtype="float32", quality="HQ")
+        frames, total = max(1, int(block_s * rate)), 0
+        while True:
+            try:
+                block = stream.read(frames, dtype="float32", always_2d=True)
+            except (soundfile.LibsndfileError, RuntimeError) as exc:
+                raise AudioLoadError(f"{label}: corrupt or truncated {stream.format} audio ({exc})") from None
+            last = len(block) < frames
+            mono = np.ascontiguousarray(block.mean(axis=1) if block.shape[1] > 1 else block[:, 0])
+            if not np.all(np.isfinite(mono)):
+                raise AudioLoadError(f"{label}: audio holds NaN or infinite samples")
+            total += len(mono)
+            out = mono if resampler is None else resampler.resample_chunk(mono, last=last)
+            if len(out):
+                yield out
+            if last:
+                break
+    if total < expected:
+        raise AudioLoadError(f"{label}: truncated audio: the header promises {expected} samples, {total} decoded")
+    if total / rate < MIN_DURATION_S:
+        raise AudioLoadError(f"{label}: audio is {total / rate * 1000:.0f} ms long; at least {MIN_DURATION_S * 1000:.0f} ms is needed")
+
+
+def _stream_with_ffmpeg(path: Path, label: str, open_error: Exception, sample_rate_hz: int, block_s: float):
+    """Blocks of a file libsndfile cannot open, decoded to mono ``sample_rate_hz`` float32 by ffmpeg."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        yield load_audio(path, sample_rate_hz)
+        return
+    command = [exe, "-nostdin", "-v", "error", "-i", str(path), "-vn", "-ac", "1", "-ar", str(sample_rate_hz), "-f", "f32le", "-"]
+    total = 0
+    with tempfile.TemporaryFile() as log, subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log) as proc:
+        try:
+            block_bytes = 4 * max(1, int(block_s * sample_rate_hz))
+            while data := proc.stdout.read(block_bytes):
+                block = np.frombuffer(data[: len(data) // 4 * 4], dtype="<f4").astype(np.float32)
+                if not np.all(np.isfinite(block)):
+                    raise AudioLoadError(f"{label}: audio holds NaN or infinite samples")
+                total += len(block)
+                yield block
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        code = proc.wait()
+        log.seek(0)
+        reason = (log.read().decode(errors="replace").strip().splitlines() or [f"exit code {code}"])[-1]
+    if code != 0 or total == 0:
+        raise AudioLoadError(f"{label}: not a readable audio file (libsndfile: {open_error}; ffmpeg: {reason})")
+    if total / sample_rate_hz < MIN_DURATION_S:
+        raise AudioLoadError(
+            f"{label}: audio is {total / sample_rate_hz * 1000:.0f} ms long; at least {MIN_DURATION_S * 1000:.0f} ms is needed"
+        )

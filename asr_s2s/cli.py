@@ -7,8 +7,10 @@ Exit codes: 0 success, 1 some inputs failed (e.g. one bad audio file),
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -120,6 +122,9 @@ def cmd_compute_cmvn(args) -> int:
             failed += 1
         else:
             feats.append(item.feats)
+    if not feats:
+        log.error("%s: none of its %d utterances could be read; no CMVN statistics written", args.manifest, failed)
+        return EXIT_SOME_FAILED
     stats = CMVNStats.accumulate(feats)
     stats.save(args.out)
     print(f"{args.out}: {stats.frames} frames from {len(feats)} utterances ({failed} failed)")
@@ -138,6 +143,7 @@ def cmd_train(args) -> int:
     from asr_s2s.model import ASRModel
     from asr_s2s.package import save_package
     from asr_s2s.tokenizer import CharTokenizer
+    from asr_s2s import distributed
     from asr_s2s.trainer import Trainer, seed_everything
 
     config = load_config(args.config)
@@ -145,24 +151,37 @@ def cmd_train(args) -> int:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=args.epochs))
     if args.threads:
         torch.set_num_threads(args.threads)
+    dist_info = distributed.init_from_env(args.device)  # under torchrun: join the process group
     registry = _registry(args)
-    tokenizer = CharTokenizer()
+    tokenizer = CharTokenizer.load(args.tokens) if args.tokens else CharTokenizer()
     cache = config.train.feature_cache
-    train_set = SpeechDataset(read_manifest(args.train_manifest), tokenizer, cache=cache)
+    train_set = SpeechDataset(read_manifest(args.train_manifest), tokenizer, cache=cache, speed_perturb=config.train.speed_perturb)
     valid_set = SpeechDataset(read_manifest(args.valid_manifest), tokenizer, cache=cache)
     seed_everything(config.train.seed)
     model = ASRModel(config.model, tokenizer, CMVNStats.load(args.cmvn), registry)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %.2fM parameters, %dx time reduction", n_params / 1e6, model.encoder.time_reduction)
     exp_dir = Path(args.exp_dir)
-    trainer = Trainer(model, config.train, train_set, valid_set, exp_dir, device=args.device, progress=not args.quiet)
+    trainer = Trainer(model, config.train, train_set, valid_set, exp_dir, device=dist_info.device, progress=not args.quiet)
     results = trainer.fit(resume=args.resume)
+    distributed.barrier()
+    if not dist_info.is_main:  # rank 0 alone writes the package and reports
+        distributed.cleanup()
+        return EXIT_OK
     package = save_package(trainer.model.cpu(), config.decode, exp_dir / "model", registry)
+    distributed.cleanup()
     last = results[-1] if results else None
     summary = f"model package: {package}"
     if last:
         summary += f" (epoch {last.epoch}: valid loss {last.valid_loss:.3f}, valid CER {last.valid_cer:.2f}%)"
+    if (best := trainer.best_epoch()) is not None:
+        log.info("best epoch by %s: %d (asr-s2s average --avg 1 --best-by %s exports it)",
+                 config.train.selection_metric, best, config.train.selection_metric)
     print(summary)
+    failed = sum(r.failed_items for r in results)
+    if failed:
+        log.error("%d utterance load(s) failed during training and were skipped (see the warnings above)", failed)
+        return EXIT_SOME_FAILED
     return EXIT_OK
 
 
@@ -182,7 +201,7 @@ def cmd_train_lm(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     registry = _registry(args)
-    tokenizer = CharTokenizer()
+    tokenizer = CharTokenizer.load(args.tokens) if args.tokens else CharTokenizer()
     sentences = read_text(args.text, tokenizer)
     if args.valid_text:
         train, valid = sentences, read_text(args.valid_text, tokenizer)
@@ -204,26 +223,57 @@ def cmd_train_lm(args) -> int:
     return EXIT_OK
 
 
+def _set_threads(args) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def _load(args):
     from asr_s2s.package import load_package
     from asr_s2s.recognizer import Recognizer
 
+    _set_threads(args)
     registry = _registry(args)
     model, config = load_package(args.model, registry)
     return Recognizer(model, _decode_config(args, config.decode), registry, device=args.device)
 
 
+def _decode_shared(recognizer, utterances, args, dist_info):
+    """Decode ``utterances``. Under torchrun each rank decodes every WORLD_SIZE-th one and
+    rank 0 gets every result back, in order; the other ranks get None."""
+    from asr_s2s import distributed
+    from asr_s2s.recognizer import Recognition
+
+    if dist_info.world_size == 1:
+        return recognizer.decode_utterances(utterances, num_workers=args.num_workers, progress=not args.quiet)
+    share = utterances[dist_info.rank :: dist_info.world_size]
+    mine = recognizer.decode_utterances(share, num_workers=args.num_workers, progress=False) if share else []
+    gathered = distributed.all_gather_objects([(r.id, r.text, r.error) for r in mine])
+    distributed.cleanup()
+    if not dist_info.is_main:
+        return None
+    by_id = {utt_id: Recognition(utt_id, text, error=error) for part in gathered for utt_id, text, error in part}
+    return [by_id[u.id] for u in utterances]
+
+
 def cmd_evaluate(args) -> int:
+    from asr_s2s import distributed
     from asr_s2s.manifest import read_librispeech_dir, read_manifest
     from asr_s2s.metrics import alignment_text, error_rates, format_table
     from asr_s2s.tokenizer import normalize_text
 
+    dist_info = distributed.init_from_env(args.device)  # under torchrun: each rank decodes a share
+    args.device = dist_info.device
     recognizer = _load(args)
     if args.manifest:
         utterances, set_name = read_manifest(args.manifest), Path(args.manifest).stem
     else:
         utterances, set_name = read_librispeech_dir(args.data_dir, progress=not args.quiet), Path(args.data_dir).name
-    results = recognizer.decode_utterances(utterances, num_workers=args.num_workers, progress=not args.quiet)
+    results = _decode_shared(recognizer, utterances, args, dist_info)
+    if results is None:  # not rank 0: rank 0 writes and prints
+        return EXIT_OK
     scored = [(u, r) for u, r in zip(utterances, results) if r.error is None]
     failed = [(u, r) for u, r in zip(utterances, results) if r.error is not None]
     for _, r in failed:
@@ -248,21 +298,245 @@ def cmd_evaluate(args) -> int:
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
-def cmd_transcribe(args) -> int:
-    from asr_s2s.audio import load_audio
+AUDIO_EXTENSIONS = frozenset(
+    ".wav .flac .mp3 .ogg .oga .opus .m4a .aac .mp4 .m4b .webm .mka .wma .aif .aiff .au .caf .amr".split()
+)
 
-    recognizer = _load(args)
-    failures = 0
-    for path in args.files:
-        try:
-            waveform = load_audio(path)
-        except AsrS2SError as exc:
-            log.error("%s", exc)
-            failures += 1
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """One input of ``transcribe``: what to read, and its output path under --output-dir without the suffix."""
+
+    source: str | bytes
+    name: str
+    out_name: str
+
+
+def _expand_inputs(patterns: list[str]) -> tuple[list[_Job], list[str]]:
+    """Files, directories (recursively: files with an audio extension), globs and ``-`` (stdin) as jobs.
+
+    :returns: the jobs, without duplicates, and one problem per pattern that named nothing.
+    """
+    import glob
+
+    jobs: list[_Job] = []
+    problems: list[str] = []
+    for pattern in patterns:
+        if pattern == "-":
+            jobs.append(_Job(sys.stdin.buffer.read(), "-", "stdin"))
             continue
-        (result,) = recognizer.decode_waveforms([(path, waveform)])
-        print(f"{path}\t{result.text}", flush=True)
-    return EXIT_SOME_FAILED if failures else EXIT_OK
+        path = Path(pattern)
+        if path.is_dir():
+            files = sorted(
+                p for p in path.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(path).parts)
+            )  # hidden files and folders (.git, .DS_Store, our own .NAME.tmp) are not inputs
+            audio = [p for p in files if p.suffix.lower() in AUDIO_EXTENSIONS]
+            others = [p for p in files if p.suffix.lower() not in AUDIO_EXTENSIONS]
+            if others:
+                shown = ", ".join(str(p) for p in others[:5]) + (", ..." if len(others) > 5 else "")
+                log.warning("%s: skipping %d file(s) without an audio extension: %s", pattern, len(others), shown)
+            if not audio:
+                problems.append(f"{pattern}: no audio files in this directory")
+            jobs.extend(_Job(str(p), str(p), str(p.relative_to(path).with_suffix(""))) for p in audio)
+        elif not path.exists() and glob.has_magic(pattern):
+            matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True) if Path(m).is_file())
+            if not matches:
+                problems.append(f"{pattern}: no file matches this pattern")
+            base = Path(*path.parts[: _literal_depth(path)])
+            jobs.extend(_Job(str(m), str(m), str(m.relative_to(base).with_suffix(""))) for m in matches)
+        else:
+            jobs.append(_Job(pattern, pattern, path.stem))  # a missing file fails later, naming itself
+    seen: set[str] = set()
+    unique = []
+    for job in jobs:
+        key = job.name if job.name == "-" else str(Path(job.name).resolve())
+        if key not in seen:
+            seen.add(key)
+            unique.append(job)
+    return unique, problems
+
+
+def _literal_depth(path: Path) -> int:
+    """How many leading parts of a glob pattern hold no wildcard."""
+    import glob
+
+    depth = 0
+    for part in path.parts:
+        if glob.has_magic(part):
+            break
+        depth += 1
+    return depth
+
+
+def _transcribe_options(args, base):
+    """The model's transcription options with the command line's overrides."""
+    changes = {"scorers": {**base.scorers, **_parse_scorer_weights(args.scorer)}}
+    params = {name: dict(p) for name, p in base.scorer_params.items()}
+    for name, extra in _parse_scorer_params(args.scorer_param).items():
+        params.setdefault(name, {}).update(extra)
+    changes["scorer_params"] = params
+    for name, flag, value in (("lm", "--lm", args.lm), ("hotwords", "--hotword", args.hotword)):
+        if value and changes["scorers"].get(name, 0.0) <= 0:
+            raise ConfigError(f"{flag} needs a weight for the {name!r} scorer: add --scorer {name}=WEIGHT")
+    if args.lm:
+        changes["lm"] = args.lm
+    if args.hotword:
+        changes["hotwords"] = tuple(args.hotword)
+    if args.beam_size is not None:
+        changes["beam_size"] = args.beam_size
+    if args.batch_seconds is not None:
+        changes["batch_seconds"] = args.batch_seconds
+    if args.max_segment_seconds is not None:
+        changes["max_segment_s"] = args.max_segment_seconds
+    changes["attention"] = bool(args.plot_attention)
+    return dataclasses.replace(base, **changes)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write via a temporary sibling, so that an interrupted run never leaves a partial file for --skip-existing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _known_duration_s(jobs: list[_Job]) -> float | None:
+    """Total audio seconds from the file headers, or None when a header cannot tell."""
+    import io
+
+    import soundfile
+
+    total = 0.0
+    for job in jobs:
+        try:
+            total += soundfile.info(io.BytesIO(job.source) if isinstance(job.source, bytes) else job.source).duration
+        except Exception:  # noqa: BLE001 - a file libsndfile cannot open: its length is unknown until decoded
+            return None
+    return total
+
+
+def _plot_segments(result, plot_dir: Path, out_name: str) -> None:
+    from asr_s2s.plotting import plot_attention
+
+    for segment in result.segments:
+        if segment.attention is None or segment.attention.size == 0:
+            continue
+        path = plot_dir / f"{out_name}.{segment.id:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        title = f"{Path(result.source).name} {segment.start:.2f}-{segment.end:.2f} s"
+        plot_attention(segment.attention, path, title=title, labels=segment.text)
+
+
+def cmd_transcribe(args) -> int:
+    from tqdm import tqdm
+
+    from asr_s2s.formats import format_transcription, to_json
+    from asr_s2s.transcriber import AudioInput, load_model
+
+    if args.skip_existing and not args.output_dir:
+        raise ConfigError("--skip-existing needs --output-dir (it skips inputs whose output file exists)")
+    _set_threads(args)
+    transcriber = load_model(args.model, device=args.device, disable_plugins=args.disable_plugin)
+    options = _transcribe_options(args, transcriber.options)
+    jobs, problems = _expand_inputs(args.inputs)
+    for problem in problems:
+        log.error("%s", problem)
+    out_dir = Path(args.output_dir) if args.output_dir else None
+    if out_dir is not None:
+        owners: dict[str, str] = {}
+        for job in jobs:
+            if job.out_name in owners:
+                raise ConfigError(
+                    f"{owners[job.out_name]} and {job.name} would both write {out_dir / job.out_name}.{args.format}; "
+                    "rename one or transcribe them into different --output-dir folders"
+                )
+            owners[job.out_name] = job.name
+        if args.skip_existing:
+            todo = [j for j in jobs if not (out_dir / f"{j.out_name}.{args.format}").exists()]
+            if len(todo) < len(jobs):
+                log.info("skipping %d input(s) whose output exists in %s", len(jobs) - len(todo), out_dir)
+            jobs = todo
+    failed = len(problems)
+    inputs = [AudioInput(job.name, job.source) for job in jobs]
+    total_s = None if args.quiet else _known_duration_s(jobs)
+    of_total = "?" if total_s is None else "{total:.0f}"
+    with tqdm(total=total_s, unit="s", desc="transcribing", disable=args.quiet,
+              bar_format="{l_bar}{bar}| {n:.0f}/" + of_total + " audio s [{elapsed}<{remaining}]") as bar:
+        results = transcriber.transcribe_many(inputs, options, progress=bar.update)
+        for job, (_, result) in zip(jobs, results):
+            if not isinstance(result, AsrS2SError):
+                if out_dir is not None:
+                    _write_atomically(out_dir / f"{job.out_name}.{args.format}", format_transcription(result, args.format))
+                elif args.format == "txt":
+                    bar.write(f"{job.name}\t{result.text}", file=sys.stdout)
+                elif args.format == "json":
+                    bar.write(to_json(result, indent=None).rstrip("\n"), file=sys.stdout)
+                else:
+                    bar.write(format_transcription(result, args.format).rstrip("\n") + "\n", file=sys.stdout)
+                if args.plot_attention:
+                    _plot_segments(result, Path(args.plot_attention), job.out_name)
+            else:
+                failed += 1
+                log.error("%s", result)
+            sys.stdout.flush()
+    if failed:
+        log.error("%d of %d input(s) failed", failed, len(jobs) + len(problems))
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def cmd_tokens(args) -> int:
+    from collections import Counter
+
+    from asr_s2s.manifest import read_manifest
+    from asr_s2s.tokenizer import BLANK, CHARACTERS, SOS_EOS, CharTokenizer, normalize_text
+
+    counts: Counter[str] = Counter()
+    utterances = 0
+    for manifest in args.manifest:
+        for utt in read_manifest(manifest):
+            counts.update(normalize_text(utt.text))
+            utterances += 1
+    extra = sorted(c for c in counts if c not in CHARACTERS)
+    if extra:
+        log.warning("characters outside A-Z, apostrophe and space become tokens too: %s", " ".join(repr(c) for c in extra))
+    unseen = [c for c in CHARACTERS if c not in counts]
+    tokens = CharTokenizer([BLANK, SOS_EOS, *CHARACTERS, *extra])
+    tokens.save(args.out)
+    print(f"{args.out}: {len(tokens)} tokens from {utterances} utterances "
+          f"({sum(counts.values())} characters; never seen: {' '.join(repr(c) for c in unseen) or 'none'})")
+    return EXIT_OK
+
+
+def cmd_download(args) -> int:
+    from asr_s2s.download import DownloadError, download, read_md5sums
+
+    sums = read_md5sums(args.md5sums) if args.md5sums else None
+    if sums is None:
+        log.warning("no --md5sums: the downloads are not verified")
+    elif missing := [name for name in args.files if name not in sums]:
+        raise ConfigError(f"{args.md5sums}: no checksum for {', '.join(missing)}")
+    failed = 0
+    for name in args.files:
+        url = f"{args.base_url.rstrip('/')}/{name}"
+        try:
+            got = download(url, Path(args.out_dir) / name, md5=sums[name] if sums else None, retries=args.retries,
+                           retry_wait_s=args.retry_wait, timeout_s=args.timeout, progress=not args.quiet)
+        except DownloadError as exc:
+            print(f"asr-s2s download: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        log.info("%s: %s", got.path, "already there" if not got.fetched_bytes else
+                 f"{got.fetched_bytes} bytes{' (resumed)' if got.resumed else ''}, checksum OK" if sums else "done")
+        print(got.path)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def cmd_average(args) -> int:
+    from asr_s2s.average import average_package
+
+    out, epochs = average_package(args.exp_dir, args.avg, args.best_by, args.out, _registry(args))
+    print(f"model package: {out} (average of epoch(s) {', '.join(map(str, epochs))}, by {args.best_by})")
+    return EXIT_OK
 
 
 # -- parser ---------------------------------------------------------------------
@@ -285,6 +559,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_plugins)
 
+    p = sub.add_parser("download", parents=[common], help="fetch corpus archives, resuming and checking MD5",
+                       description="Download BASE_URL/FILE for each FILE into OUT_DIR. A broken-off transfer resumes "
+                                   "with an HTTP Range request (also on the next run: the partial file is kept as "
+                                   "FILE.part); with --md5sums each file must match its published MD5, and a corrupt "
+                                   "download is deleted. Prints each finished file's path.",
+                       epilog="Exit codes: 0 every file is there and verified; 1 some file failed (its error names it); "
+                              "2 bad usage or a missing checksum.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="file names under BASE_URL, e.g. dev-clean.tar.gz")
+    p.add_argument("--base-url", required=True, help="e.g. https://www.openslr.org/resources/12 (or a mirror)")
+    p.add_argument("--out-dir", required=True, help="folder for the downloads")
+    p.add_argument("--md5sums", help="checksum file in md5sum format ('MD5  FILE' lines); every FILE must be listed")
+    p.add_argument("--retries", type=int, default=5, help="resumptions of a broken-off transfer (default: 5)")
+    p.add_argument("--retry-wait", type=float, default=2.0, help="seconds before the first retry, doubling (default: 2)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds without data before a transfer counts as broken (default: 60)")
+    p.set_defaults(func=cmd_download)
+
     p = sub.add_parser("prepare", parents=[common], help="write a manifest for a LibriSpeech-layout folder",
                        description="Read spk/chapter/*.trans.txt and audio in place; write a JSON-lines manifest.")
     p.add_argument("--data-dir", required=True, help="a LibriSpeech-layout folder, e.g. LibriSpeech/dev-clean")
@@ -298,16 +588,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=1, help="DataLoader workers (default: 1)")
     p.set_defaults(func=cmd_compute_cmvn)
 
+    p = sub.add_parser("tokens", parents=[common], help="write the token list of training manifests",
+                       description="Write tokens.txt: <blank>, <sos/eos>, the built-in characters (A-Z, apostrophe, "
+                                   "space) and any other character found in the normalised transcripts; print which "
+                                   "built-in characters never occur.")
+    p.add_argument("--manifest", required=True, nargs="+", metavar="FILE", help="training manifests")
+    p.add_argument("--out", required=True, help="token list to write (one token per line)")
+    p.set_defaults(func=cmd_tokens)
+
     p = sub.add_parser("train", parents=[common], help="train a model and export a model package",
-                       description="Train with a YAML config, checkpoint every epoch, and export EXP_DIR/model.")
+                       description="Train with a YAML config, checkpoint every epoch (and every train.checkpoint_every_steps "
+                                   "steps), and export EXP_DIR/model. "
+                                   "Under 'torchrun --nproc_per_node=N --no-python asr-s2s train ...' it trains with "
+                                   "DistributedDataParallel (NCCL on CUDA, gloo on the CPU): each rank takes its own "
+                                   "share of the batches, and rank 0 alone writes checkpoints, logs and the package.")
     p.add_argument("--config", required=True, help="experiment YAML (model, train, decode sections)")
     p.add_argument("--train-manifest", required=True)
     p.add_argument("--valid-manifest", required=True)
     p.add_argument("--cmvn", required=True, help="CMVN JSON from compute-cmvn")
     p.add_argument("--exp-dir", required=True, help="output folder: checkpoints, logs, plots, model/")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in EXP_DIR")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in EXP_DIR, mid-epoch ones included (without it, "
+                        "an EXP_DIR holding checkpoints is refused rather than overwritten)")
     p.add_argument("--epochs", type=int, help="override train.epochs")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--tokens", help="token list from 'asr-s2s tokens' (default: the built-in characters)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device (default: cpu); under torchrun 'cuda' means cuda:LOCAL_RANK")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.set_defaults(func=cmd_train)
 
@@ -321,9 +627,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exp-dir", required=True, help="output folder: checkpoint, log, lm/")
     p.add_argument("--resume", action="store_true", help="continue from EXP_DIR's checkpoint")
     p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--tokens", help="token list from 'asr-s2s tokens' (default: the built-in characters)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.set_defaults(func=cmd_train_lm)
+
+    p = sub.add_parser("average", parents=[common], help="average epoch checkpoints into a model package",
+                       description="Average the weights of the last N epoch checkpoints of a training run, or of the "
+                                   "N best by a validation metric of train_log.jsonl (--avg 1: model selection), and "
+                                   "write them as a model package (config, tokens and CMVN from EXP_DIR/model).")
+    p.add_argument("--exp-dir", required=True, help="a training output folder (checkpoints/, train_log.jsonl, model/)")
+    p.add_argument("--avg", type=int, required=True, metavar="N", help="how many epochs to average")
+    p.add_argument("--best-by", choices=["last", "valid_loss", "valid_cer"], default="last",
+                   help="the last N epochs, or the N with the lowest validation loss or CER (default: last)")
+    p.add_argument("--out", help="package to write (default: EXP_DIR/model_avgN_BEST_BY)")
+    p.set_defaults(func=cmd_average)
 
     decode = argparse.ArgumentParser(add_help=False)
     decode.add_argument("--model", required=True, help="model package directory (EXP_DIR/model)")
@@ -337,10 +655,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="phrase to boost with the 'hotwords' scorer (repeatable; give --scorer hotwords=WEIGHT)")
     decode.add_argument("--batch-seconds", type=float, help="padded audio seconds decoded together")
     decode.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    decode.add_argument("--threads", type=int,
+                        help="torch intra-op threads (default: torch's choice; 1 is fastest when other processes "
+                             "share the cores)")
 
     p = sub.add_parser("evaluate", parents=[common, decode], help="decode a test set and print WER/CER",
                        description="Decode a manifest or LibriSpeech-layout folder, score with jiwer, "
-                                   "and write per-utterance hypotheses and alignments.")
+                                   "and write per-utterance hypotheses and alignments. Under 'torchrun "
+                                   "--nproc_per_node=N --no-python asr-s2s evaluate ...' each process decodes every "
+                                   "N-th utterance and rank 0 merges, scores and writes.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--manifest", help="JSON-lines manifest with reference text")
     src.add_argument("--data-dir", help="LibriSpeech-layout folder, e.g. LibriSpeech/test-clean")
@@ -349,10 +672,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=1, help="DataLoader workers (default: 1)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("transcribe", parents=[common, decode], help="print the text of audio files",
-                       description="Transcribe audio files (wav, flac, mp3, ogg, any rate and channels). "
-                                   "Prints 'PATH<TAB>TEXT' per file; bad files are reported on stderr.")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p = sub.add_parser(
+        "transcribe", parents=[common, decode], help="transcribe audio files of any length",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Transcribe audio files, directories (recursively) and globs: wav, flac, mp3, ogg, and m4a/aac\n"
+            "through ffmpeg, at any sample rate and channel count; '-' reads a wav from stdin.\n"
+            "Long files are streamed and split at pauses into segments of at most --max-segment-seconds,\n"
+            "decoded in batches across files, and stitched with their times. Words are timed by CTC forced\n"
+            "alignment when the model has a CTC head."
+        ),
+        epilog=(
+            "Output: 'PATH<TAB>TEXT' per input on stdout; --format json prints one JSON object per line\n"
+            "(segments, words, scores, model id, options); srt, vtt and tsv print one document per input.\n"
+            "With --output-dir, each input gets DIR/NAME.FORMAT instead (inputs found in a directory keep\n"
+            "their sub-folders). Bad inputs are reported on stderr and skipped.\n"
+            "Exit codes: 0 all transcribed; 1 some inputs failed; 2 bad usage, options or model."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio file, directory, glob (quote it), or - for stdin")
+    p.add_argument("--format", choices=["txt", "json", "srt", "vtt", "tsv"], default="txt", help="output format (default: txt)")
+    p.add_argument("--output-dir", metavar="DIR", help="write one file per input, DIR/NAME.FORMAT, instead of printing")
+    p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output file exists (with --output-dir)")
+    p.add_argument("--max-segment-seconds", type=float, metavar="S",
+                   help="longest segment the model decodes; longer stretches are cut at pauses (default: 20)")
+    p.add_argument("--plot-attention", metavar="DIR", help="write a PNG of the attention alignment of each segment to DIR")
     p.set_defaults(func=cmd_transcribe)
     return parser
 
@@ -365,6 +709,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except AsrS2SError as exc:
+        print(f"asr-s2s {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # a path the user gave cannot be read or written: permissions, a full disk, ...
+        log.debug("traceback", exc_info=True)
         print(f"asr-s2s {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

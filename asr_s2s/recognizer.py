@@ -74,6 +74,11 @@ class Recognizer:
     def decode_features(self, feats: torch.Tensor, lengths: torch.Tensor, ids: Sequence[str]) -> list[Recognition]:
         """Decode a padded batch of raw features ``(B, T, F)`` with lengths ``(B,)``."""
         states, state_lengths = self.model.encode(feats.to(self.device), lengths.to(self.device))
+        return self.decode_states(states, state_lengths, ids)
+
+    @torch.inference_mode()
+    def decode_states(self, states: torch.Tensor, state_lengths: torch.Tensor, ids: Sequence[str]) -> list[Recognition]:
+        """Search a batch of encoder states ``(B, T', D)`` with lengths ``(B,)`` (from ``model.encode``)."""
         tok = self.model.tokenizer
         if self.greedy:
             hyps, attention = greedy_search(

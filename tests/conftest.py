@@ -17,7 +17,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 from asr_s2s.config import ExperimentConfig, ModelConfig, load_config
-from asr_s2s.dataset import Batch, SpeechDataset, collate
+from asr_s2s.dataset import IGNORE_ID, Batch, SpeechDataset, collate
 from asr_s2s.features import CMVNStats
 from asr_s2s.manifest import Utterance, read_librispeech_dir
 from asr_s2s.model import ASRModel
@@ -181,6 +181,144 @@ def trained_package(overfit, tiny_config, registry, tmp_path_factory) -> Path:
     return save_package(overfit.model, tiny_config.decode, tmp_path_factory.mktemp("pkg") / "model", registry)
 
 
+# -- long recordings ----------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class LongRecording:
+    """Fixture utterances laid end to end with pauses, over low noise; times in seconds."""
+
+    path: Path  # 16 kHz mono FLAC
+    waveform: "np.ndarray"  # (S,) float32 at 16 kHz
+    spans: tuple[tuple[float, float], ...]  # each utterance file's [start, end) in the recording
+    texts: tuple[str, ...]  # each utterance's normalised transcript
+
+    @property
+    def duration(self) -> float:
+        return len(self.waveform) / 16_000
+
+
+def make_long_recording(utterances, seconds: float, seed: int = 0, pause_s=(0.6, 1.4), noise_dbfs: float = -55.0):
+    """``(waveform, spans, texts)``: utterances in a shuffled cycle with random pauses until ``seconds``."""
+    import numpy as np
+    import soundfile
+
+    from asr_s2s.tokenizer import normalize_text
+
+    rng = np.random.default_rng(seed)
+    audio = [soundfile.read(u.audio, dtype="float32")[0] for u in utterances]
+    parts, spans, texts, t = [], [], [], 0
+    while True:
+        for i in rng.permutation(len(utterances)):
+            pause = int(rng.uniform(*pause_s) * 16_000)
+            if (t + pause + len(audio[i])) / 16_000 > seconds - pause_s[0]:
+                parts.append(np.zeros(max(0, int(seconds * 16_000) - t), np.float32))
+                wave = np.concatenate(parts)
+                wave += rng.normal(0, 10 ** (noise_dbfs / 20), len(wave)).astype(np.float32)
+                return wave, tuple(spans), tuple(texts)
+            parts += [np.zeros(pause, np.float32), audio[i]]
+            spans.append(((t + pause) / 16_000, (t + pause + len(audio[i])) / 16_000))
+            texts.append(normalize_text(utterances[i].text))
+            t += pause + len(audio[i])
+
+
+ROBUST_MAX_STEPS = 600
+ROBUST_CHECK_EVERY = 20
+
+
+def _in_surroundings(wave, rng):
+    """An utterance as a segment of a long recording may look: 0-0.4 s of pause before it, its
+    trailing silence cut by up to 0.25 s or extended by up to 0.4 s, over noise at -90 to -45 dBFS,
+    and one in two band-limited as if recorded at 8 kHz."""
+    import numpy as np
+    import soxr
+
+    lead, trail = int(rng.uniform(0, 0.4) * 16_000), int(rng.uniform(-0.25, 0.4) * 16_000)
+    wave = np.concatenate([np.zeros(lead, np.float32), wave[: len(wave) + min(trail, 0)], np.zeros(max(trail, 0), np.float32)])
+    wave = wave + rng.normal(0, 10 ** (rng.uniform(-90, -45) / 20), len(wave)).astype(np.float32)
+    if rng.uniform() < 0.5:
+        wave = soxr.resample(soxr.resample(wave, 16_000, 8_000), 8_000, 16_000)
+    return wave
+
+
+@pytest.fixture(scope="session")
+def robust_model(overfit, fixture_utterances, tokenizer) -> ASRModel:
+    """The overfit model fine-tuned on its 8 utterances in random surroundings (see ``_in_surroundings``).
+
+    The overfit model knows its utterances only exactly as recorded: a little
+    more silence before one changes its transcript. VAD segments of a long
+    recording are such variants, so this copy is trained on fresh ones each
+    step until greedy decoding of 24 held-out variants and the 8 originals
+    matches every transcript (or ``ROBUST_MAX_STEPS``; about 100 steps).
+    Read-only for tests.
+    """
+    import copy
+
+    import numpy as np
+    import soundfile
+    from torch.nn.utils.rnn import pad_sequence
+
+    from asr_s2s.features import fbank
+    from asr_s2s.tokenizer import normalize_text
+
+    waves = [soundfile.read(u.audio, dtype="float32")[0] for u in fixture_utterances]
+    texts = [normalize_text(u.text) for u in fixture_utterances]
+
+    def features(rng, repeats):
+        """Features of each utterance ``repeats`` times in new surroundings (as they are, without ``rng``)."""
+        index = [i for i in range(len(waves)) for _ in range(repeats)]
+        feats = [fbank(_in_surroundings(waves[i], rng) if rng is not None else waves[i]) for i in index]
+        return pad_sequence(feats, batch_first=True), torch.tensor([f.shape[0] for f in feats]), [texts[i] for i in index]
+
+    model = copy.deepcopy(overfit.model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=6e-3)
+    rng = np.random.default_rng(0)
+    held_out = [features(np.random.default_rng(1), 3), features(None, 1)]
+    for step in range(1, ROBUST_MAX_STEPS + 1):
+        model.train()
+        feats, feat_lengths, batch_texts = features(rng, 1)
+        tokens = [torch.tensor(tokenizer.encode(t)) for t in batch_texts]
+        loss = model(feats, feat_lengths, pad_sequence(tokens, batch_first=True, padding_value=IGNORE_ID),
+                     torch.tensor([len(t) for t in tokens])).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        if step % ROBUST_CHECK_EVERY == 0:
+            model.eval()
+            with torch.inference_mode():
+                decoded = []
+                for feats, lengths, _ in held_out:
+                    states, state_lengths = model.encode(feats, lengths)
+                    hyps, _ = greedy_search(model.decoder, states, state_lengths, tokenizer.sos_id, tokenizer.eos_id)
+                    decoded += [tokenizer.decode(h.tokens) for h in hyps]
+            if decoded == [t for *_, held_texts in held_out for t in held_texts]:
+                break
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@pytest.fixture(scope="session")
+def robust_package(robust_model, tiny_config, registry, tmp_path_factory) -> Path:
+    """:func:`robust_model` as a model package (beam 4, decoder + length_bonus 0). Read-only."""
+    from asr_s2s.package import save_package
+
+    return save_package(robust_model, tiny_config.decode, tmp_path_factory.mktemp("pkg") / "model", registry)
+
+
+@pytest.fixture(scope="session")
+def long_recording(fixture_utterances, tmp_path_factory) -> LongRecording:
+    """Two minutes of the fixture utterances with 0.6-1.4 s pauses, as a FLAC file. Read-only."""
+    import soundfile
+
+    wave, spans, texts = make_long_recording(fixture_utterances, 120.0)
+    path = tmp_path_factory.mktemp("long") / "two_minutes.flac"
+    soundfile.write(path, wave, 16_000)
+    return LongRecording(path, wave, spans, texts)
+
+
 # -- third-party plugins installed through entry points -----------------------------
 def install_plugin(
     site: Path, monkeypatch, module: str, source: str, dist: str = "thirdparty-asr", version: str = "0.1",
@@ -241,3 +379,30 @@ def run_cli(capsys, caplog):
 def pytest_report_header(config):
     return f"torch {torch.__version__}, {torch.get_num_threads()} threads, fixture corpus {FIXTURE_DIR}"
 
+
+
+# -- untrusted files -------------------------------------------------------------------
+class PickleBomb:
+    """Unpickling this runs ``exec``, which writes ``marker``: proof that a loader ran code from a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import builtins
+
+        return (builtins.exec, (f"open({self.marker!r}, 'w').write('payload ran')",))
+
+
+def write_pickle_bomb(path: Path, marker: Path, torch_format: bool = True) -> Path:
+    """A checkpoint-shaped file (``torch.save`` zip, or a bare pickle) whose unpickling writes ``marker``."""
+    state = {"model": {"w": torch.zeros(2)}, "optimizer": PickleBomb(marker), "epoch": 1, "step": 1}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if torch_format:
+        torch.save(state, path)
+    else:
+        import pickle
+
+        path.write_bytes(pickle.dumps(state))
+    assert not marker.exists()
+    return path

@@ -267,10 +267,10 @@ def test_evaluate_a_missing_model(run_cli, tmp_path):
 
 
 # -- transcription -----------------------------------------------------------------------------------
-def test_transcribe_good_and_missing_file(run_cli, trained_package, fixture_utterances, tmp_path):
+def test_transcribe_good_and_missing_file(run_cli, robust_package, fixture_utterances, tmp_path):
     good = fixture_utterances[0]
     missing = tmp_path / "missing.wav"
-    code, out, err = run_cli("transcribe", "--model", trained_package, "--beam-size", "1", good.audio, missing, "--quiet")
+    code, out, err = run_cli("transcribe", "--model", robust_package, "--beam-size", "1", good.audio, missing, "--quiet")
     assert code == 1
     lines = out.splitlines()
     assert len(lines) == 1
@@ -295,16 +295,294 @@ def test_transcribe_other_formats(run_cli, trained_package, fixture_utterances, 
         assert re.fullmatch(r"[A-Z' ]*", line.split("\t")[1])
 
 
-def test_console_script_separates_results_from_logs(trained_package, fixture_utterances, tmp_path):
+def test_console_script_separates_results_from_logs(robust_package, fixture_utterances, tmp_path):
     """The installed `asr-s2s` script, for real: results on stdout, the error on stderr, exit 1."""
     exe = shutil.which("asr-s2s", path=str(Path(sys.executable).parent))
     assert exe is not None
     good, missing = fixture_utterances[2].audio, tmp_path / "missing.flac"
     proc = subprocess.run(
-        [exe, "transcribe", "--model", str(trained_package), "--beam-size", "1", str(missing), good],
+        [exe, "transcribe", "--model", str(robust_package), "--beam-size", "1", str(missing), good],
         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 1
     assert proc.stdout == f"{good}\t{normalize_text(fixture_utterances[2].text)}\n"
     assert str(missing) in proc.stderr and "no such file" in proc.stderr
+
+
+# -- transcribe: directories, globs, stdin, formats, re-runs ----------------------------------------------
+@pytest.fixture(scope="module")
+def recording_dir(fixture_utterances, tmp_path_factory):
+    """Two recordings of 10 and 16 s (one in a sub-folder) and their transcripts."""
+    from conftest import make_long_recording
+
+    root = tmp_path_factory.mktemp("recordings")
+    texts = {}
+    for name, seconds, seed in (("a.flac", 10.0, 21), ("sub/b.wav", 16.0, 22)):
+        wave, _, utts = make_long_recording(fixture_utterances, seconds, seed=seed)
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(root / name, wave, 16_000)
+        texts[name] = " ".join(utts)
+    return root, texts
+
+
+def test_transcribe_a_directory_with_bad_files(run_cli, robust_package, recording_dir, tmp_path):
+    """Good files are transcribed; a corrupt, a zero-byte and a text file are reported; the exit code is 1."""
+    root, texts = recording_dir
+    folder = tmp_path / "in"
+    shutil.copytree(root, folder)
+    flac = (FIXTURE_DIR / "1001" / "10" / "1001-10-0000.flac").read_bytes()
+    (folder / "corrupt.flac").write_bytes(flac[: len(flac) // 2])
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "lyrics.mp3").write_text("not audio, just a text file with an audio name\n")
+    (folder / "notes.txt").write_text("a text file without an audio extension\n")
+    code, out, err = run_cli("transcribe", "--model", robust_package, "--beam-size", "1", folder, "--quiet")
+    assert code == 1
+    lines = dict(line.split("\t") for line in out.splitlines())
+    assert lines == {str(folder / "a.flac"): texts["a.flac"], str(folder / "sub" / "b.wav"): texts["sub/b.wav"]}
+    for bad in ("corrupt.flac", "empty.wav", "lyrics.mp3"):
+        assert str(folder / bad) in err
+    assert "notes.txt" in err and "3 of 5 input(s) failed" in err
+
+
+def test_transcribe_srt_vtt_json_tsv_files_and_skip_existing(run_cli, robust_package, recording_dir, tmp_path, caplog):
+    import logging
+
+    import srt
+    import webvtt
+
+    root, texts = recording_dir
+    out_dir = tmp_path / "out"
+    for fmt in ("srt", "vtt", "json", "tsv"):
+        code, out, err = run_cli("transcribe", "--model", robust_package, "--beam-size", "1", root, "--format", fmt,
+                                 "--output-dir", out_dir, "--quiet")
+        assert code == 0 and out == "", err
+    assert sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*.*")) == sorted(
+        f"{stem}.{fmt}" for stem in ("a", "sub/b") for fmt in ("srt", "vtt", "json", "tsv"))
+    for stem, name in (("a", "a.flac"), ("sub/b", "sub/b.wav")):
+        subs = list(srt.parse((out_dir / f"{stem}.srt").read_text()))
+        assert " ".join(s.content for s in subs) == texts[name]
+        assert all(a.end <= b.start for a, b in zip(subs, subs[1:]))
+        captions = list(webvtt.from_string((out_dir / f"{stem}.vtt").read_text()))
+        assert [c.text for c in captions] == [s.content for s in subs]
+        doc = json.loads((out_dir / f"{stem}.json").read_text())
+        assert doc["text"] == texts[name] and "@sha256:" in doc["model"] and doc["options"]["beam_size"] == 1
+        assert all(w["start"] >= s["start"] and w["end"] <= s["end"] for s in doc["segments"] for w in s["words"])
+        assert (out_dir / f"{stem}.tsv").read_text().startswith("start\tend\ttext\n")
+    before = (out_dir / "a.srt").stat().st_mtime_ns
+    (out_dir / "sub" / "b.srt").unlink()  # as if the run had been interrupted before it
+    caplog.set_level(logging.INFO, logger="asr_s2s")
+    code, _, err = run_cli("transcribe", "--model", robust_package, "--beam-size", "1", root, "--format", "srt",
+                           "--output-dir", out_dir, "--skip-existing")
+    assert code == 0 and "skipping 1 input(s)" in err
+    assert (out_dir / "a.srt").stat().st_mtime_ns == before and (out_dir / "sub" / "b.srt").is_file()
+
+
+def test_transcribe_json_lines_stdin_and_globs(run_cli, robust_package, recording_dir, monkeypatch):
+    import io
+
+    root, texts = recording_dir
+    wav = io.BytesIO()
+    soundfile.write(wav, soundfile.read(root / "sub" / "b.wav")[0], 16_000, format="WAV")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(wav.getvalue())))
+    code, out, err = run_cli("transcribe", "--model", robust_package, "--beam-size", "1", "--format", "json", "-",
+                             f"{root}/**/*.flac", f"{root}/*.ogg", "--quiet")
+    assert code == 1 and "*.ogg: no file matches" in err
+    docs = [json.loads(line) for line in out.splitlines()]
+    assert [(d["source"], d["text"]) for d in docs] == [("-", texts["sub/b.wav"]), (str(root / "a.flac"), texts["a.flac"])]
+
+
+def test_transcribe_plots_attention_per_segment(run_cli, robust_package, recording_dir, tmp_path):
+    root, _ = recording_dir
+    code, out, _ = run_cli("transcribe", "--model", robust_package, root / "a.flac", "--plot-attention", tmp_path / "att",
+                           "--max-segment-seconds", "5", "--quiet")
+    assert code == 0 and out.count("\t") == 1
+    pngs = sorted((tmp_path / "att").glob("a.*.png"))
+    assert len(pngs) >= 3 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--skip-existing"], "--skip-existing needs --output-dir"),
+    (["--max-segment-seconds", "0.5"], "max segment length"),
+    (["--lm", "x"], "--lm needs a weight"),
+])
+def test_transcribe_bad_usage_exits_2(run_cli, robust_package, fixture_utterances, args, message):
+    code, out, err = run_cli("transcribe", "--model", robust_package, fixture_utterances[0].audio, *args, "--quiet")
+    assert code == 2 and out == "" and message in err
+
+
+def test_transcribe_refuses_two_inputs_for_one_output_file(run_cli, robust_package, recording_dir, tmp_path):
+    root, _ = recording_dir
+    shutil.copy(root / "a.flac", tmp_path / "a.wav")
+    code, _, err = run_cli("transcribe", "--model", robust_package, root / "a.flac", tmp_path / "a.wav",
+                           "--output-dir", tmp_path / "out", "--quiet")
+    assert code == 2 and "would both write" in err
+
+
+# -- reliability: bad input exits 2 with the culprit named; a killed run resumes losing nothing finished ----------
+@pytest.fixture
+def small_run(fixture_utterances, tmp_path, cmvn):
+    """Train/valid manifests (4 and 2 utterances), CMVN, and a tiny config: 2 steps per epoch, a checkpoint per step."""
+    config = yaml.safe_load(TINY_YAML.read_text())
+    config["train"].update(epochs=3, max_batch_seconds=4.0, checkpoint_every_steps=1)
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(config))
+    write_manifest(fixture_utterances[:4], tmp_path / "train.jsonl")
+    write_manifest(fixture_utterances[6:], tmp_path / "valid.jsonl")
+    cmvn.save(tmp_path / "cmvn.json")
+
+    def args(exp_dir, **overrides):
+        named = {"config": tmp_path / "exp.yaml", "train-manifest": tmp_path / "train.jsonl",
+                 "valid-manifest": tmp_path / "valid.jsonl", "cmvn": tmp_path / "cmvn.json", "exp-dir": exp_dir}
+        named.update({k.replace("_", "-"): v for k, v in overrides.items()})
+        return ["train", *[str(x) for k, v in named.items() for x in (f"--{k}", v)], "--threads", "1", "--quiet"]
+
+    return args
+
+
+def _log_rows(exp, kind):
+    path = exp / "train_log.jsonl"
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # the last line of a killed run may be cut short
+            continue
+    return [r for r in rows if r["kind"] == kind]
+
+
+def test_kill_9_mid_training_then_resume_loses_only_the_step_in_flight(run_cli, small_run, tmp_path):
+    """`asr-s2s train` is SIGKILLed once a step checkpoint exists; `--resume` then finishes the run. Lost: at most the
+    steps since the last checkpoint (here 1). The resumed loss curve and model equal an uninterrupted run's."""
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    killed = tmp_path / "killed"
+    exe = shutil.which("asr-s2s", path=str(Path(sys.executable).parent))
+    proc = subprocess.Popen([exe, *small_run(killed)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline and not list((killed / "checkpoints").glob("step-*.pt")):
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run must still have been going when killed"
+
+    from asr_s2s.checkpoints import read_checkpoint
+
+    done = max(int(read_checkpoint(p)["step"]) for p in (killed / "checkpoints").glob("*.pt"))
+    logged = max([r["step"] for r in _log_rows(killed, "step")], default=0)
+    assert done >= 1 and logged - done <= 1, f"lost {logged - done} steps, more than the checkpoint interval of 1"
+
+    code, out, err = run_cli(*small_run(killed), "--resume")
+    assert code == 0, err
+    code, _, err = run_cli(*small_run(tmp_path / "uninterrupted"))
+    assert code == 0, err
+    resumed, reference = _log_rows(killed, "step"), _log_rows(tmp_path / "uninterrupted", "step")
+    assert [r["step"] for r in resumed] == [r["step"] for r in reference] == list(range(1, 7))
+    for got, want in zip(resumed, reference):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5) and got["lr"] == pytest.approx(want["lr"]), got["step"]
+    assert [r["epoch"] for r in _log_rows(killed, "epoch")] == [1, 2, 3]
+    got, want = load_file(killed / "model" / "model.safetensors"), load_file(tmp_path / "uninterrupted" / "model" / "model.safetensors")
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name].numpy(), value.numpy(), atol=1e-5, rtol=1e-5, err_msg=name)
+
+
+def test_train_resume_refuses_a_crafted_checkpoint(run_cli, small_run, tmp_path):
+    from conftest import write_pickle_bomb
+
+    marker = tmp_path / "marker"
+    checkpoint = write_pickle_bomb(tmp_path / "exp" / "checkpoints" / "epoch-1.pt", marker)
+    code, out, err = run_cli(*small_run(tmp_path / "exp"), "--resume")
+    assert code == 2 and out == ""
+    assert f"{checkpoint}: refused to load" in err and "GLOBAL exec" in err and "could run code" in err
+    assert not marker.exists()
+
+
+def test_train_without_resume_keeps_an_existing_run(run_cli, small_run, tmp_path):
+    (tmp_path / "exp" / "checkpoints").mkdir(parents=True)
+    CMVNStats.identity(2).save(tmp_path / "exp" / "checkpoints" / "step-5.pt")  # any file of that name
+    code, _, err = run_cli(*small_run(tmp_path / "exp"))
+    assert code == 2 and "already holds a training run" in err and "pass --resume" in err
+
+
+@pytest.mark.parametrize(
+    ("what", "fragments"),
+    [
+        ("missing-cmvn", ["no such CMVN file", "compute-cmvn"]),
+        ("cmvn-not-json", ["cmvn.json: not a CMVN JSON file"]),
+        ("plugin-typo", ["model.encoder: unknown encoder 'pblsmt'", "Did you mean 'pblstm'?"]),
+        ("ctc-weight", ["model.ctc_weight must be in [0, 1], got 2.0"]),
+        ("zero-interval", ["train.checkpoint_every_steps must be a positive integer, got 0"]),
+        ("bad-interval-type", ["config.train.checkpoint_every_steps", "expected int"]),
+    ],
+)
+def test_train_bad_input_exits_2_naming_it(run_cli, small_run, tmp_path, what, fragments):
+    overrides = {}
+    config = yaml.safe_load((tmp_path / "exp.yaml").read_text())
+    if what == "missing-cmvn":
+        overrides["cmvn"] = tmp_path / "nope.json"
+    elif what == "cmvn-not-json":
+        (tmp_path / "cmvn.json").write_text("mean: 0\n")
+    elif what == "plugin-typo":
+        config["model"]["encoder"]["name"] = "pblsmt"
+    elif what == "ctc-weight":
+        config["model"]["ctc_weight"] = 2.0
+    elif what == "zero-interval":
+        config["train"]["checkpoint_every_steps"] = 0
+    else:
+        config["train"]["checkpoint_every_steps"] = "often"
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(config))
+    code, out, err = run_cli(*small_run(tmp_path / "exp", **overrides))
+    assert code == 2 and out == "" and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err
+
+
+def test_train_with_an_unreadable_file_finishes_and_exits_1(run_cli, small_run, fixture_utterances, tmp_path):
+    utts = [*fixture_utterances[:3], type(fixture_utterances[0])("lost", str(tmp_path / "lost.flac"), 1.5, "GONE")]
+    write_manifest(utts, tmp_path / "train.jsonl")
+    code, out, err = run_cli(*small_run(tmp_path / "exp", epochs=1))
+    assert code == 1 and out.startswith("model package:") and (tmp_path / "exp" / "model" / "model.safetensors").is_file()
+    assert "lost.flac" in err and "1 utterance load(s) failed during training" in err
+
+
+def test_compute_cmvn_with_no_readable_file_exits_1(run_cli, tmp_path):
+    write_manifest([type_utt("a", tmp_path / "a.wav"), type_utt("b", tmp_path / "b.wav")], tmp_path / "m.jsonl")
+    (tmp_path / "b.wav").write_bytes(b"")
+    code, out, err = run_cli("compute-cmvn", "--manifest", tmp_path / "m.jsonl", "--out", tmp_path / "c.json",
+                             "--num-workers", "0", "--quiet")
+    assert code == 1 and out == "" and "none of its 2 utterances could be read" in err and not (tmp_path / "c.json").exists()
+    assert "a.wav: no such file" in err and "b.wav: file is empty" in err
+
+
+def type_utt(utt_id, path):
+    from asr_s2s.manifest import Utterance
+
+    return Utterance(utt_id, str(path), 1.0, "X")
+
+
+def test_an_unwritable_output_exits_2(run_cli, tmp_path):
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "m.jsonl").mkdir()  # a directory where the manifest file should go
+    code, out, err = run_cli("prepare", "--data-dir", FIXTURE_DIR, "--out", tmp_path / "ro" / "m.jsonl", "--quiet")
+    assert code == 2 and out == "" and "m.jsonl" in err and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "ro").iterdir()) == ["m.jsonl"], "no temporary file left"
+
+
+def test_tokens_writes_the_token_list_of_training_manifests(run_cli, tmp_path, fixture_utterances):
+    import dataclasses as _dc
+
+    from asr_s2s.manifest import write_manifest
+    from asr_s2s.tokenizer import CharTokenizer
+
+    manifest = tmp_path / "train.jsonl"
+    write_manifest(fixture_utterances, manifest)
+    code, out, _ = run_cli("tokens", "--manifest", manifest, "--out", tmp_path / "tokens.txt")
+    assert code == 0 and f"{tmp_path / 'tokens.txt'}: 30 tokens from 8 utterances" in out and "never seen" in out
+    assert CharTokenizer.load(tmp_path / "tokens.txt").tokens == CharTokenizer().tokens
+    other = tmp_path / "other.jsonl"
+    write_manifest([_dc.replace(fixture_utterances[0], text="ROOM 101")], other)
+    code, out, err = run_cli("tokens", "--manifest", manifest, other, "--out", tmp_path / "more.txt")
+    assert code == 0 and "become tokens too: '0' '1'" in err
+    assert CharTokenizer.load(tmp_path / "more.txt").tokens == CharTokenizer().tokens + ["0", "1"]

@@ -1,0 +1,516 @@
+"""Transcribing recordings of any length: segment at pauses, decode in batches, time the words.
+
+::
+
+    import asr_s2s
+
+    transcriber = asr_s2s.load_model("exp/las/model")
+    result = transcriber.transcribe("talk.flac", beam_size=10, scorers={"ctc": 0.3})
+    print(result.text)
+    for segment in result.segments:
+        print(segment.start, segment.end, segment.text, [(w.text, w.start) for w in segment.words])
+
+A file is read as a stream (:func:`asr_s2s.audio.stream_audio`) and cut at
+pauses into segments of at most ``max_segment_s`` (:mod:`asr_s2s.vad`).
+Segments, from one file or many, are decoded together in batches of at most
+``batch_seconds`` padded audio, so memory does not grow with the recording.
+Word times come from CTC forced alignment of each segment's hypothesis
+(:mod:`asr_s2s.alignment`) when the model has a CTC head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from asr_s2s.alignment import align_words
+from asr_s2s.audio import MIN_DURATION_S, SAMPLE_RATE_HZ, load_audio, stream_audio
+from asr_s2s.config import DecodeConfig
+from asr_s2s.errors import AsrS2SError, AudioLoadError, ConfigError
+from asr_s2s.features import FRAME_SHIFT_MS, fbank
+from asr_s2s.model import ASRModel
+from asr_s2s.plugins import Registry
+from asr_s2s.recognizer import Recognition, Recognizer
+from asr_s2s.search import SearchOptions
+from asr_s2s.vad import MAX_SEGMENT_S, MIN_PAUSE_S, PAD_S, AudioSegment, VadOptions, stream_segments
+
+log = logging.getLogger(__name__)
+
+MAX_CHANNELS = 64  # a 2-D array with more "channels" than this is taken to be (channels, samples) by mistake
+RECOGNIZER_CACHE = 4  # recognisers (built scorers) kept for recently used decoding options
+
+
+# -- results ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Word:
+    """A word and its time in seconds from the start of the audio, from CTC forced alignment."""
+
+    text: str
+    start: float
+    end: float
+    probability: float  # mean CTC probability of its aligned frames, in [0, 1]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of audio between pauses, decoded as one utterance; times in seconds."""
+
+    id: int
+    start: float
+    end: float
+    text: str
+    score: float  # the search's total log score of the hypothesis
+    scores: Mapping[str, float] = field(default_factory=dict)  # each scorer's unweighted share
+    words: tuple[Word, ...] = ()  # empty without word timestamps
+    attention: np.ndarray | None = field(default=None, repr=False, compare=False)  # (U + 1, T') with attention=True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "start": round(self.start, 3), "end": round(self.end, 3), "text": self.text,
+            "score": self.score, "scores": dict(self.scores),
+            "words": [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3), "probability": round(w.probability, 4)}
+                      for w in self.words],
+        }
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """Everything that decides a transcription. :func:`load_model` fills the search fields from the package.
+
+    Search (see ``DecodeConfig`` and the scorer table in the README):
+    ``scorers`` maps every scorer to its weight (0 or absent: off) and
+    ``scorer_params`` holds their params, e.g. ``{"ngram": {"path": "lm.arpa", "unit": "word"}}``,
+    ``{"coverage": {"threshold": 0.5}}``, ``{"hotwords": {"phrases_file": "names.txt"}}``;
+    ``lm`` and ``hotwords`` are shortcuts for ``scorer_params["lm"]["path"]`` and
+    ``scorer_params["hotwords"]["phrases"]``. ``end_margin`` ``math.inf`` turns end detection off.
+
+    Long audio: segments are at most ``max_segment_s`` seconds; pauses of
+    ``min_pause_s`` separate them. ``word_timestamps``: None for "when the model
+    has a CTC head", True to require them, False for none. ``attention`` keeps
+    each segment's attention weights (for plots).
+    """
+
+    beam_size: int = 10
+    scorers: Mapping[str, float] = field(default_factory=lambda: {"decoder": 1.0})
+    scorer_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    lm: str | None = None
+    hotwords: tuple[str, ...] = ()
+    max_length_ratio: float = 1.0
+    min_length_ratio: float = 0.0
+    length_normalize: bool = False
+    end_margin: float = 10.0
+    pre_beam_ratio: float = 1.5
+    batch_seconds: float = 600.0
+    max_segment_s: float = MAX_SEGMENT_S
+    min_pause_s: float = MIN_PAUSE_S
+    word_timestamps: bool | None = None
+    attention: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scorers", {str(k): float(v) for k, v in self.scorers.items()})
+        object.__setattr__(self, "scorer_params", {str(k): dict(v) for k, v in self.scorer_params.items()})
+        hotwords = (self.hotwords,) if isinstance(self.hotwords, str) else tuple(self.hotwords)  # one phrase, not letters
+        object.__setattr__(self, "hotwords", hotwords)
+        if not self.batch_seconds > 0:
+            raise ConfigError(f"batch_seconds must be positive, got {self.batch_seconds}")
+        self.search_options()
+        self.vad_options()
+        for name, flag in (("lm", self.lm), ("hotwords", self.hotwords)):
+            if flag and self.scorers.get(name, 0.0) <= 0:
+                raise ConfigError(f"{name!r} is set but the {name!r} scorer has no weight: give scorers={{{name!r}: WEIGHT}}")
+
+    @classmethod
+    def from_decode_config(cls, decode: DecodeConfig) -> TranscribeOptions:
+        """The options of a package's ``decode`` section."""
+        return cls(
+            beam_size=decode.beam_size, scorers=decode.scorers, scorer_params=decode.scorer_params,
+            max_length_ratio=decode.max_length_ratio, min_length_ratio=decode.min_length_ratio,
+            length_normalize=decode.length_normalize,
+            end_margin=math.inf if decode.end_margin is None else decode.end_margin,
+            pre_beam_ratio=decode.pre_beam_ratio, batch_seconds=decode.batch_seconds,
+        )
+
+    def decode_config(self) -> DecodeConfig:
+        """The search part, as the recogniser takes it."""
+        params = {name: dict(p) for name, p in self.scorer_params.items()}
+        if self.lm:
+            params.setdefault("lm", {})["path"] = self.lm
+        if self.hotwords:
+            params.setdefault("hotwords", {})["phrases"] = list(self.hotwords)
+        return DecodeConfig(
+            beam_size=self.beam_size, scorers=dict(self.scorers), scorer_params=params,
+            max_length_ratio=self.max_length_ratio, min_length_ratio=self.min_length_ratio,
+            length_normalize=self.length_normalize, nbest=1,
+            end_margin=None if math.isinf(self.end_margin) else self.end_margin,
+            pre_beam_ratio=self.pre_beam_ratio, batch_seconds=self.batch_seconds,
+        )
+
+    def search_options(self) -> SearchOptions:
+        """Checks the search fields (raises ConfigError)."""
+        return SearchOptions(
+            beam_size=self.beam_size, weights=self.scorers, max_length_ratio=self.max_length_ratio,
+            min_length_ratio=self.min_length_ratio, length_normalize=self.length_normalize,
+            end_margin=None if math.isinf(self.end_margin) else self.end_margin, pre_beam_ratio=self.pre_beam_ratio,
+        )
+
+    def vad_options(self) -> VadOptions:
+        return VadOptions(max_segment_s=self.max_segment_s, min_pause_s=self.min_pause_s,
+                          pad_s=min(PAD_S, self.min_pause_s / 2))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["hotwords"] = list(self.hotwords)
+        out["end_margin"] = None if math.isinf(self.end_margin) else self.end_margin
+        return out
+
+
+@dataclass(frozen=True)
+class Transcription:
+    """The result for one recording."""
+
+    source: str  # the path, or a name given for an array or bytes
+    text: str  # the segments' texts joined by spaces
+    segments: tuple[Segment, ...]
+    duration: float  # seconds of audio
+    model_id: str
+    options: TranscribeOptions
+
+    @property
+    def words(self) -> tuple[Word, ...]:
+        """Every segment's words, in order."""
+        return tuple(w for s in self.segments for w in s.words)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source, "model": self.model_id, "duration": round(self.duration, 3), "text": self.text,
+            "segments": [s.to_dict() for s in self.segments], "options": self.options.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class AudioInput:
+    """One recording to transcribe: a path, the bytes of a file (e.g. a wav from stdin), or samples.
+
+    ``audio`` as an array is ``(S,)`` or ``(S, C)`` (as soundfile returns it) at ``sample_rate`` Hz.
+    """
+
+    name: str
+    audio: str | os.PathLike | bytes | np.ndarray | torch.Tensor
+    sample_rate: int | None = None
+
+    @classmethod
+    def of(cls, item: AudioInput | str | os.PathLike | bytes) -> AudioInput:
+        """An input named after its path (arrays need an explicit AudioInput with their sample rate)."""
+        if isinstance(item, AudioInput):
+            return item
+        return cls("<bytes>", item) if isinstance(item, bytes) else cls(str(item), item)
+
+
+# -- the transcriber -----------------------------------------------------------------
+@dataclass
+class _File:
+    """Book-keeping for one input while its segments are read and decoded."""
+
+    input: AudioInput
+    samples: int = 0  # read so far
+    count: int = 0  # segments read
+    decoded: dict[int, Segment] = field(default_factory=dict)
+    read: bool = False
+    error: AsrS2SError | None = None
+    reported_s: float = 0.0  # seconds already reported to the progress callback
+
+    @property
+    def complete(self) -> bool:
+        return self.read and (self.error is not None or len(self.decoded) == self.count)
+
+
+@dataclass(frozen=True)
+class _Piece:
+    file: _File
+    index: int
+    segment: AudioSegment
+
+
+class Transcriber:
+    """Transcribes recordings of any length with one model. Build it with :func:`load_model`."""
+
+    def __init__(
+        self, model: ASRModel, registry: Registry, options: TranscribeOptions | None = None, model_id: str = "",
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.registry = registry
+        self.options = options if options is not None else TranscribeOptions()
+        self.model_id = model_id
+        self.device = torch.device(device)
+        self._recognizers: deque[tuple[DecodeConfig, Recognizer]] = deque(maxlen=RECOGNIZER_CACHE)
+
+    @property
+    def seconds_per_state(self) -> float:
+        """Seconds of audio per encoder frame (10 ms feature frames times the time reduction)."""
+        return self.model.encoder.time_reduction * FRAME_SHIFT_MS / 1000
+
+    def transcribe(
+        self,
+        audio: str | os.PathLike | bytes | np.ndarray | torch.Tensor,
+        sample_rate: int | None = None,
+        *,
+        options: TranscribeOptions | None = None,
+        beam_size: int | None = None,
+        scorers: Mapping[str, float] | None = None,
+        scorer_params: Mapping[str, Mapping[str, Any]] | None = None,
+        lm: str | None = None,
+        hotwords: Sequence[str] | None = None,
+        max_length_ratio: float | None = None,
+        min_length_ratio: float | None = None,
+        length_normalize: bool | None = None,
+        end_margin: float | None = None,
+        pre_beam_ratio: float | None = None,
+        batch_seconds: float | None = None,
+        max_segment_s: float | None = None,
+        min_pause_s: float | None = None,
+        word_timestamps: bool | None = None,
+        attention: bool | None = None,
+    ) -> Transcription:
+        """Transcribe one recording.
+
+        :param audio: a path (any format :func:`~asr_s2s.audio.stream_audio` reads), the
+            bytes of an audio file, or samples ``(S,)``/``(S, C)`` at ``sample_rate`` Hz.
+        :param options: base options (default: this transcriber's, from the package);
+            each keyword below that is not None changes one field of :class:`TranscribeOptions`.
+            ``scorers`` and ``scorer_params`` are merged into the base ones (weight 0 turns a scorer off).
+        :returns: the text, segments and words, and the options used.
+        :raises AudioLoadError: for unreadable audio. :raises ConfigError: for bad options.
+        """
+        base = options if options is not None else self.options
+        changes: dict[str, Any] = {
+            name: value for name, value in (
+                ("beam_size", beam_size), ("lm", lm), ("max_length_ratio", max_length_ratio),
+                ("min_length_ratio", min_length_ratio), ("length_normalize", length_normalize),
+                ("end_margin", end_margin), ("pre_beam_ratio", pre_beam_ratio), ("batch_seconds", batch_seconds),
+                ("max_segment_s", max_segment_s), ("min_pause_s", min_pause_s),
+                ("word_timestamps", word_timestamps), ("attention", attention),
+            ) if value is not None
+        }
+        if hotwords is not None:
+            changes["hotwords"] = (hotwords,) if isinstance(hotwords, str) else tuple(hotwords)
+        if scorers is not None:
+            changes["scorers"] = {**base.scorers, **scorers}
+        if scorer_params is not None:
+            merged = {name: dict(p) for name, p in base.scorer_params.items()}
+            for name, extra in scorer_params.items():
+                merged.setdefault(name, {}).update(extra)
+            changes["scorer_params"] = merged
+        used = dataclasses.replace(base, **changes)
+        name = str(audio) if isinstance(audio, (str, os.PathLike)) else "<bytes>" if isinstance(audio, bytes) else "<array>"
+        ((_, result),) = list(self.transcribe_many([AudioInput(name, audio, sample_rate)], used))
+        if isinstance(result, AsrS2SError):
+            raise result
+        return result
+
+    def transcribe_many(
+        self,
+        inputs: Iterable[AudioInput | str | os.PathLike],
+        options: TranscribeOptions | None = None,
+        progress: Callable[[float], None] | None = None,
+    ) -> Iterator[tuple[AudioInput, Transcription | AsrS2SError]]:
+        """Transcribe many recordings, decoding segments of several files together; results in input order.
+
+        An input that cannot be read comes back with its error instead of a
+        transcription, and the others go on. ``progress`` is called with the
+        seconds of audio finished since its last call.
+
+        :raises ConfigError: for bad options (before any input is read).
+        """
+        options = options if options is not None else self.options
+        recognizer = self._recognizer(options)
+        want_words = self._want_words(options)
+        vad = options.vad_options()
+        limit = max(1, int(options.batch_seconds * SAMPLE_RATE_HZ))
+        files: deque[_File] = deque()
+        batch: list[_Piece] = []
+        for item in map(AudioInput.of, inputs):
+            file = _File(item)
+            files.append(file)
+            try:
+                for segment in stream_segments(self._blocks(file), vad):
+                    longest = max([len(segment.samples), *(len(p.segment.samples) for p in batch)])
+                    if batch and longest * (len(batch) + 1) > limit:
+                        self._decode(batch, recognizer, options, want_words)
+                        batch = []
+                        yield from self._finished(files, options, progress)
+                    batch.append(_Piece(file, file.count, segment))
+                    file.count += 1
+            except AsrS2SError as exc:
+                file.error = exc
+            except OSError as exc:
+                file.error = AudioLoadError(f"{item.name}: cannot read: {exc}")
+            file.read = True
+            yield from self._finished(files, options, progress)
+        if batch:
+            self._decode(batch, recognizer, options, want_words)
+        yield from self._finished(files, options, progress)
+
+    # -- steps -----------------------------------------------------------------------
+    def _recognizer(self, options: TranscribeOptions) -> Recognizer:
+        decode = options.decode_config()
+        for known, recognizer in self._recognizers:
+            if known == decode:
+                return recognizer
+        recognizer = Recognizer(self.model, decode, self.registry, device=self.device)
+        self._recognizers.append((decode, recognizer))
+        return recognizer
+
+    def _want_words(self, options: TranscribeOptions) -> bool:
+        if options.word_timestamps and self.model.ctc is None:
+            raise ConfigError("word timestamps need a CTC head, and this model has none (model.ctc_weight is 0)")
+        return options.word_timestamps is not False and self.model.ctc is not None
+
+    def _blocks(self, file: _File) -> Iterator[np.ndarray]:
+        """16 kHz mono blocks of an input, counted into ``file.samples``."""
+        item = file.input
+        if isinstance(item.audio, bytes):
+            blocks: Iterable[np.ndarray] = [load_audio(item.audio)]
+        elif isinstance(item.audio, (np.ndarray, torch.Tensor)):
+            blocks = [_array_to_mono16k(item.audio, item.sample_rate, item.name)]
+        else:
+            blocks = stream_audio(item.audio)
+        for block in blocks:
+            file.samples += len(block)
+            yield block
+
+    @torch.inference_mode()
+    def _decode(self, pieces: list[_Piece], recognizer: Recognizer, options: TranscribeOptions, want_words: bool) -> None:
+        """Decode segments as one padded batch and store each one's :class:`Segment` in its file."""
+        feats = [fbank(p.segment.samples) for p in pieces]
+        lengths = torch.tensor([f.shape[0] for f in feats])
+        padded = pad_sequence(feats, batch_first=True).to(self.device)
+        states, state_lengths = self.model.encode(padded, lengths.to(self.device))
+        results = recognizer.decode_states(states, state_lengths, [f"{p.file.input.name}#{p.index}" for p in pieces])
+        ctc = self.model.ctc_log_probs(states) if want_words else None
+        for b, (piece, result) in enumerate(zip(pieces, results)):
+            frames = int(state_lengths[b])
+            piece.file.decoded[piece.index] = self._segment(
+                piece, result, None if ctc is None else ctc[b, :frames], states[b : b + 1, :frames], options.attention
+            )
+
+    def _segment(self, piece: _Piece, result: Recognition, ctc: torch.Tensor | None, states: torch.Tensor,
+                 keep_attention: bool) -> Segment:
+        tok = self.model.tokenizer
+        hyp = result.hypotheses[0] if result.hypotheses else None
+        tokens = hyp.tokens if hyp is not None else ()
+        start = piece.segment.start / SAMPLE_RATE_HZ
+        end = piece.segment.end / SAMPLE_RATE_HZ
+        words: tuple[Word, ...] = ()
+        if ctc is not None:
+            aligned = align_words(ctc, tokens, tok.tokens, blank=tok.blank_id)
+            if aligned is None:
+                log.warning("%s: segment %.2f-%.2f s holds more characters than CTC frames; no word times for it",
+                            piece.file.input.name, start, end)
+            else:
+                step = self.seconds_per_state
+                words = tuple(
+                    Word(w.text, min(start + w.start * step, end), min(start + w.end * step, end), w.probability)
+                    for w in aligned
+                )
+        attention = None
+        if keep_attention:
+            attention = result.attention if result.attention is not None else self._attention(states, tokens)
+        return Segment(
+            piece.index, start, end, " ".join(tok.decode(tokens).split()), float(hyp.score) if hyp else 0.0,
+            dict(hyp.scores) if hyp else {}, words, attention,
+        )
+
+    def _attention(self, states: torch.Tensor, tokens: Sequence[int]) -> np.ndarray:
+        """Teacher-forced attention ``(U + 1, T')`` of the decoder over one segment's states ``(1, T', D)``."""
+        tokens_in = torch.tensor([[self.model.tokenizer.sos_id, *tokens]], device=states.device)
+        lengths = torch.tensor([states.shape[1]], device=states.device)
+        _, weights = self.model.decoder(states, lengths, tokens_in)
+        return weights[0].float().cpu().numpy()
+
+    def _finished(self, files: deque[_File], options: TranscribeOptions, progress: Callable[[float], None] | None):
+        """Report progress, and yield the results of the leading files that are complete."""
+        if progress is not None:
+            for file in files:
+                done = file.samples / SAMPLE_RATE_HZ if file.complete else max(
+                    (s.end for s in file.decoded.values()), default=0.0)
+                if done > file.reported_s:
+                    progress(done - file.reported_s)
+                    file.reported_s = done
+        while files and files[0].complete:
+            file = files.popleft()
+            if file.error is not None:
+                yield file.input, file.error
+                continue
+            segments = tuple(file.decoded[i] for i in range(file.count))
+            text = " ".join(s.text for s in segments if s.text)
+            yield file.input, Transcription(
+                file.input.name, text, segments, file.samples / SAMPLE_RATE_HZ, self.model_id, options,
+            )
+
+
+def _array_to_mono16k(samples: np.ndarray | torch.Tensor, sample_rate: int | None, name: str) -> np.ndarray:
+    """``(S,)`` or ``(S, C)`` samples at ``sample_rate`` as ``(S',)`` float32 at 16 kHz."""
+    if sample_rate is None:
+        raise ConfigError(f"{name}: give the sample rate of an array, e.g. transcribe(samples, sample_rate=16000)")
+    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise ConfigError(f"{name}: sample_rate must be a positive integer, got {sample_rate!r}")
+    x = samples.detach().cpu().numpy() if isinstance(samples, torch.Tensor) else np.asarray(samples)
+    if np.issubdtype(x.dtype, np.integer):
+        x = x.astype(np.float32) / float(-np.iinfo(x.dtype).min if np.issubdtype(x.dtype, np.signedinteger) else np.iinfo(x.dtype).max)
+    if x.ndim == 2:
+        if x.shape[1] > MAX_CHANNELS:
+            raise AudioLoadError(f"{name}: expected samples (S,) or (S, channels), got shape {x.shape}; transpose it?")
+        x = x.mean(axis=1)
+    elif x.ndim != 1:
+        raise AudioLoadError(f"{name}: expected samples (S,) or (S, channels), got shape {x.shape}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.all(np.isfinite(x)):
+        raise AudioLoadError(f"{name}: audio holds NaN or infinite samples")
+    if len(x) / sample_rate < MIN_DURATION_S:
+        raise AudioLoadError(f"{name}: audio is {len(x) / sample_rate * 1000:.0f} ms long; at least {MIN_DURATION_S * 1000:.0f} ms is needed")
+    if sample_rate != SAMPLE_RATE_HZ:
+        import soxr  # librosa's resampler, as load_audio's "soxr_hq"
+
+        x = soxr.resample(x, int(sample_rate), SAMPLE_RATE_HZ, quality="HQ").astype(np.float32)
+    return x
+
+
+def model_id_of(path: str | os.PathLike) -> str:
+    """``NAME@sha256:HEX`` of a model package: its folder (and parent) name and a digest of its weights."""
+    path = Path(path).resolve()
+    digest = hashlib.sha256()
+    with open(path / "model.safetensors", "rb") as weights:
+        for chunk in iter(lambda: weights.read(1 << 20), b""):
+            digest.update(chunk)
+    name = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+    return f"{name}@sha256:{digest.hexdigest()[:16]}"
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", disable_plugins: Sequence[str] = (),
+               registry: Registry | None = None) -> Transcriber:
+    """Load a model package as a :class:`Transcriber` whose default options are the package's decode config.
+
+    :param disable_plugins: plugin entry points not to load (as ``--disable-plugin``).
+    :raises ModelPackageError: naming the missing, corrupt or mismatched file.
+    """
+    from asr_s2s.package import load_package
+    from asr_s2s.plugins import get_plugin_manager
+
+    if registry is None:
+        registry = Registry(get_plugin_manager(disable=disable_plugins))
+    model, config = load_package(path, registry)
+    options = TranscribeOptions.from_decode_config(config.decode)
+    return Transcriber(model, registry, options, model_id=model_id_of(path), device=device)
