@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Usage: bash recipes/mini_librispeech/run.sh [--stage N] [--stop-stage N] [--hours H] [--epochs E]
 #                                            [--config FILE] [--lm-config FILE] [--exp-dir DIR] [--seed S]
-#                                            [--ctc-weights "0.5"] [--lm-weights "0.3"] [--sweep-utts 100]
+#                                            [--ctc-weights "0.5"] [--lm-weights "0.2 0.3"] [--sweep-utts 100] [--valid-utts 200]
 #
 # The bundled corpus, end to end, from any working directory:
 #   0. synthesise the corpus with espeak-ng (LibriSpeech layout) into corpus/
 #   1. write JSON-lines manifests for train/dev/test into dump/
 #   2. compute global CMVN statistics on train
-#   3. train a character LSTM language model on the corpus's lm-text.txt; package in exp/lm_<name>/lm
-#   4. train the acoustic model; the model package lands in exp/<name>/model
+#   3. train a character LSTM language model on the corpus's lm-text.txt; package in exp/lm_<lm-config>_seed_<S>/lm
+#   4. train the acoustic model (validating on the first --valid-utts dev utterances each epoch);
+#      the model package lands in exp/<name>/model
 #   5. sweep the ctc and lm weights (beam 10) on the first --sweep-utts dev utterances
-#   6. evaluate dev and test greedy, and test with beam 10 alone, +ctc, +lm and +ctc+lm at the
-#      best swept weights; print a WER/CER table (exp/<name>/RESULTS.md)
+#   6. evaluate test greedy, and with beam 10 alone, +ctc, +lm and +ctc+lm at the best swept
+#      weights; print a WER/CER table (exp/<name>/RESULTS.md)
 #   7. transcribe one test file with the trained model, the LM and the best weights
 # Each finished stage leaves a .done marker; a re-run skips it. Delete the
 # marker (or pass --stage N) to redo a stage.
@@ -22,15 +23,16 @@ repo_root=$(cd "$recipe_dir/../.." && pwd)
 
 stage=0
 stop_stage=7
-hours=2.0
+hours=1.8
 epochs=""
 seed=0
 config="$recipe_dir/conf/las_mini.yaml"
 lm_config="$recipe_dir/conf/lm_char.yaml"
 exp_dir=""
 ctc_weights="0.5"   # swept together with 0; more values cost a dev decode each
-lm_weights="0.3"
+lm_weights="0.2 0.3"
 sweep_utts=100
+valid_utts=200
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -44,8 +46,9 @@ while [ $# -gt 0 ]; do
     --ctc-weights) ctc_weights=$2; shift 2 ;;
     --lm-weights) lm_weights=$2; shift 2 ;;
     --sweep-utts) sweep_utts=$2; shift 2 ;;
+    --valid-utts) valid_utts=$2; shift 2 ;;
     --exp-dir) exp_dir=$2; shift 2 ;;
-    -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -94,7 +97,8 @@ fi
 if run_stage 4 "$exp_dir/.train.done" "train ($exp_dir)"; then
   resume=""
   [ -d "$exp_dir/checkpoints" ] && resume="--resume"
-  asr-s2s train --config "$config" --train-manifest "$dump/train.jsonl" --valid-manifest "$dump/dev.jsonl" \
+  head -n "$valid_utts" "$dump/dev.jsonl" > "$exp_dir/valid.jsonl"
+  asr-s2s train --config "$config" --train-manifest "$dump/train.jsonl" --valid-manifest "$exp_dir/valid.jsonl" \
     --cmvn "$dump/cmvn.json" --exp-dir "$exp_dir" ${epochs:+--epochs "$epochs"} $resume
   touch "$exp_dir/.train.done"
 fi
@@ -136,9 +140,7 @@ PY
 }
 
 if run_stage 6 "$exp_dir/.decode.done" "evaluate dev and test"; then
-  for split in dev test; do
-    evaluate "${split}_greedy" "$dump/$split.jsonl" --beam-size 1 --scorer length_bonus=0
-  done
+  evaluate test_greedy "$dump/test.jsonl" --beam-size 1 --scorer length_bonus=0 --scorer coverage=0
   evaluate test_beam "$dump/test.jsonl"  # the model's decode config (decode: in the YAML)
   for which in ctc lm both; do
     read -r ctc lm <<< "$(best $which)"
@@ -149,7 +151,7 @@ import json, sys
 from pathlib import Path
 exp = Path(sys.argv[1])
 rows = ["| set | search | utts | WER % | CER % | sub | del | ins |", "|---|---|---:|---:|---:|---:|---:|---:|"]
-labels = {"dev_greedy": ("dev", "greedy"), "test_greedy": ("test", "greedy"), "test_beam": ("test", "beam 10"),
+labels = {"test_greedy": ("test", "greedy"), "test_beam": ("test", "beam 10"),
           "test_beam_ctc": ("test", "beam 10 + ctc"), "test_beam_lm": ("test", "beam 10 + lm"),
           "test_beam_both": ("test", "beam 10 + ctc + lm")}
 for name, (split, search) in labels.items():
