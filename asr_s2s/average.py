@@ -92,6 +92,11 @@ def average_state_dicts(paths: list[Path]) -> dict[str, torch.Tensor]:
     last: dict[str, torch.Tensor] = {}
     for path in paths:
         state = read_checkpoint(path, required=("model",))["model"]  # plain data only: nothing in it runs
+        if last:
+            shapes = {k: tuple(v.shape) for k, v in state.items()}
+            if shapes != {k: tuple(v.shape) for k, v in last.items()}:
+                raise AverageError(f"{path}: holds different weights (names or shapes) than {paths[0]}; "
+                                   "only checkpoints of one model can be averaged")
         for key, value in state.items():
             if value.is_floating_point():
                 total[key] = total[key] + value.double() if key in total else value.double()
@@ -115,7 +120,11 @@ def average_package(
     registry = registry or Registry()
     model, config = load_package(exp_dir / "model", registry)
     paths = [epoch_checkpoints(exp_dir)[e] for e in epochs]
-    model.load_state_dict(average_state_dicts(paths))
+    try:
+        model.load_state_dict(average_state_dicts(paths))
+    except RuntimeError as exc:
+        detail = str(exc).split("\n", 1)[-1].strip()
+        raise AverageError(f"{exp_dir / 'model'}: its config does not match the checkpoints' weights: {detail}") from None
     out = Path(out) if out is not None else exp_dir / f"model_avg{n}_{best_by}"
     save_package(model, config.decode, out, registry)
     (out / "average.json").write_text(json.dumps({"epochs": epochs, "best_by": best_by, "avg": n}) + "\n")

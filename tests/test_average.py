@@ -75,3 +75,27 @@ def test_cli_avg_1_selects_the_best_checkpoint(run_cli, run_dir, registry):
 def test_cli_too_few_checkpoints_is_bad_input(run_cli, run_dir):
     code, _, err = run_cli("average", "--exp-dir", run_dir, "--avg", "9")
     assert code == 2 and "asked to average 9 epochs by last, but only 3 checkpoint(s)" in err
+
+
+def test_package_of_another_model_is_bad_input(run_cli, run_dir, tmp_path, make_model, tiny_config, registry):
+    """Checkpoints of one model and a package of another: a one-line error, not a traceback."""
+    import shutil
+
+    exp = tmp_path / "exp"
+    shutil.copytree(run_dir / "checkpoints", exp / "checkpoints")
+    shutil.copy(run_dir / LOG_FILE, exp / LOG_FILE)
+    other = make_model(seed=0, decoder={**tiny_config.model.decoder, "hidden_size": 32})
+    save_package(other, tiny_config.decode, exp / "model", registry)
+    code, out, err = run_cli("average", "--exp-dir", exp, "--avg", "2")
+    assert code == 2 and out == ""
+    assert f"{exp / 'model'}: its config does not match the checkpoints' weights" in err
+
+
+def test_checkpoints_of_different_models_are_refused(run_dir, tmp_path, make_model, tiny_config):
+    paths = list(epoch_checkpoints(run_dir).values())[:1]
+    odd = tmp_path / "odd.pt"
+    state = torch.load(paths[0], weights_only=True)
+    state["model"] = make_model(seed=0, decoder={**tiny_config.model.decoder, "hidden_size": 32}).state_dict()
+    torch.save(state, odd)
+    with pytest.raises(AverageError, match="odd.pt: holds different weights"):
+        average_state_dicts([paths[0], odd])
