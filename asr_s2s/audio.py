@@ -51,16 +51,20 @@ def load_audio(source: str | os.PathLike | bytes, sample_rate_hz: int = SAMPLE_R
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
+def _check_file(path: Path, label: str) -> None:
+    """A clear error for a path that is missing, a directory, or empty."""
+    if not path.exists():
+        raise AudioLoadError(f"{label}: no such file")
+    if path.is_dir():
+        raise AudioLoadError(f"{label}: is a directory, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioLoadError(f"{label}: file is empty (0 bytes)")
+
+
 def _decode(source: str | os.PathLike | bytes, label: str) -> tuple[np.ndarray, int]:
     """Decode with libsndfile (wav, flac, ogg, mp3); fall back to librosa/audioread (ffmpeg)."""
     if not isinstance(source, bytes):
-        path = Path(source)
-        if not path.exists():
-            raise AudioLoadError(f"{label}: no such file")
-        if path.is_dir():
-            raise AudioLoadError(f"{label}: is a directory, not an audio file")
-        if path.stat().st_size == 0:
-            raise AudioLoadError(f"{label}: file is empty (0 bytes)")
+        _check_file(Path(source), label)
     elif not source:
         raise AudioLoadError(f"{label}: no audio data (0 bytes)")
     handle = io.BytesIO(source) if isinstance(source, bytes) else source
@@ -180,12 +184,7 @@ def stream_audio(source: str | os.PathLike, sample_rate_hz: int = SAMPLE_RATE_HZ
     """
     label = str(source)
     path = Path(source)
-    if not path.exists():
-        raise AudioLoadError(f"{label}: no such file")
-    if path.is_dir():
-        raise AudioLoadError(f"{label}: is a directory, not an audio file")
-    if path.stat().st_size == 0:
-        raise AudioLoadError(f"{label}: file is empty (0 bytes)")
+    _check_file(path, label)
     try:
         stream = soundfile.SoundFile(path)
     except (soundfile.LibsndfileError, RuntimeError) as open_error:

@@ -10,12 +10,12 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 from asr_s2s import __version__
 from asr_s2s.errors import AsrS2SError, ConfigError
+from asr_s2s.files import write_text_atomically
 
 log = logging.getLogger("asr_s2s")
 
@@ -57,17 +57,21 @@ def _parse_scorer_params(values: list[str]) -> dict[str, dict]:
     return params
 
 
-def _decode_config(args, base):
-    """The model's decode config with the command line's overrides."""
-    import dataclasses
-
-    changes = {}
-    if args.beam_size is not None:
-        changes["beam_size"] = args.beam_size
+def _scorer_overrides(args, base) -> tuple[dict[str, float], dict[str, dict]]:
+    """``base``'s scorer weights and params with ``--scorer`` and ``--scorer-param`` applied."""
     scorers = {**base.scorers, **_parse_scorer_weights(args.scorer)}
     params = {name: dict(p) for name, p in base.scorer_params.items()}
     for name, extra in _parse_scorer_params(args.scorer_param).items():
         params.setdefault(name, {}).update(extra)
+    return scorers, params
+
+
+def _decode_config(args, base):
+    """The model's decode config with the command line's overrides."""
+    changes = {}
+    if args.beam_size is not None:
+        changes["beam_size"] = args.beam_size
+    scorers, params = _scorer_overrides(args, base)
     if args.lm:
         params.setdefault("lm", {})["path"] = args.lm
     if args.hotword:
@@ -131,9 +135,14 @@ def cmd_compute_cmvn(args) -> int:
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
-def cmd_train(args) -> int:
-    import dataclasses
+def _with_epochs(config, epochs: int | None):
+    """``config`` (with a ``train`` section) with ``train.epochs`` replaced, unless ``epochs`` is None."""
+    if epochs is None:
+        return config
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
 
+
+def cmd_train(args) -> int:
     import torch
 
     from asr_s2s.config import load_config
@@ -146,9 +155,7 @@ def cmd_train(args) -> int:
     from asr_s2s import distributed
     from asr_s2s.trainer import Trainer, seed_everything
 
-    config = load_config(args.config)
-    if args.epochs is not None:
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=args.epochs))
+    config = _with_epochs(load_config(args.config), args.epochs)
     if args.threads:
         torch.set_num_threads(args.threads)
     dist_info = distributed.init_from_env(args.device)  # under torchrun: join the process group
@@ -186,8 +193,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_train_lm(args) -> int:
-    import dataclasses
-
     import torch
 
     from asr_s2s.lm import LMTrainer, load_lm_config, read_text, split_valid
@@ -195,9 +200,7 @@ def cmd_train_lm(args) -> int:
     from asr_s2s.tokenizer import CharTokenizer
     from asr_s2s.trainer import seed_everything
 
-    config = load_lm_config(args.config)
-    if args.epochs is not None:
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=args.epochs))
+    config = _with_epochs(load_lm_config(args.config), args.epochs)
     if args.threads:
         torch.set_num_threads(args.threads)
     registry = _registry(args)
@@ -370,11 +373,7 @@ def _literal_depth(path: Path) -> int:
 
 def _transcribe_options(args, base):
     """The model's transcription options with the command line's overrides."""
-    changes = {"scorers": {**base.scorers, **_parse_scorer_weights(args.scorer)}}
-    params = {name: dict(p) for name, p in base.scorer_params.items()}
-    for name, extra in _parse_scorer_params(args.scorer_param).items():
-        params.setdefault(name, {}).update(extra)
-    changes["scorer_params"] = params
+    changes = dict(zip(("scorers", "scorer_params"), _scorer_overrides(args, base)))
     for name, flag, value in (("lm", "--lm", args.lm), ("hotwords", "--hotword", args.hotword)):
         if value and changes["scorers"].get(name, 0.0) <= 0:
             raise ConfigError(f"{flag} needs a weight for the {name!r} scorer: add --scorer {name}=WEIGHT")
@@ -390,14 +389,6 @@ def _transcribe_options(args, base):
         changes["max_segment_s"] = args.max_segment_seconds
     changes["attention"] = bool(args.plot_attention)
     return dataclasses.replace(base, **changes)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write via a temporary sibling, so that an interrupted run never leaves a partial file for --skip-existing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _known_duration_s(jobs: list[_Job]) -> float | None:
@@ -466,7 +457,7 @@ def cmd_transcribe(args) -> int:
         for job, (_, result) in zip(jobs, results):
             if not isinstance(result, AsrS2SError):
                 if out_dir is not None:
-                    _write_atomically(out_dir / f"{job.out_name}.{args.format}", format_transcription(result, args.format))
+                    write_text_atomically(out_dir / f"{job.out_name}.{args.format}", format_transcription(result, args.format))
                 elif args.format == "txt":
                     bar.write(f"{job.name}\t{result.text}", file=sys.stdout)
                 elif args.format == "json":

@@ -150,8 +150,8 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     return value
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read an experiment YAML file.
+def load_config(path: str | Path, cls: type[T] = ExperimentConfig) -> T:
+    """Read a YAML file into config dataclass ``cls`` (an experiment by default).
 
     :raises ConfigError: naming the file and the bad key.
     """
@@ -163,7 +163,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     try:
-        return from_dict(ExperimentConfig, raw)
+        return from_dict(cls, raw)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

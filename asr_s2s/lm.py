@@ -21,11 +21,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
-from asr_s2s.config import from_dict
+from asr_s2s.config import load_config
 from asr_s2s.checkpoints import read_checkpoint, write_checkpoint
 from asr_s2s.errors import CheckpointError, ConfigError, ManifestError, TokenizerError
 from asr_s2s.interfaces import LanguageModel
@@ -64,18 +63,7 @@ class LMExperimentConfig:
 
 def load_lm_config(path: str | os.PathLike | None) -> LMExperimentConfig:
     """Read a language-model YAML (``lm:`` and ``train:``); None gives the defaults."""
-    if path is None:
-        return LMExperimentConfig()
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-        return from_dict(LMExperimentConfig, raw)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    return LMExperimentConfig() if path is None else load_config(path, LMExperimentConfig)
 
 
 def read_text(paths: Sequence[str | os.PathLike], tokenizer: CharTokenizer) -> list[list[int]]:

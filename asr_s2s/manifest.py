@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from asr_s2s.audio import audio_duration_s
 from asr_s2s.errors import ManifestError
+from asr_s2s.files import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +91,7 @@ def _utterance_from(raw: dict, root: Path, where: str) -> Utterance:
 
 def write_manifest(utterances: list[Utterance], path: str | os.PathLike) -> None:
     """Write utterances as JSON lines, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as handle:
-            for utt in utterances:
-                handle.write(json.dumps(asdict(utt), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # no half-written file left beside the target
-        raise
+    write_text_atomically(path, "".join(json.dumps(asdict(utt), ensure_ascii=False) + "\n" for utt in utterances))
 
 
 def read_librispeech_dir(root: str | os.PathLike, progress: bool = True) -> list[Utterance]:

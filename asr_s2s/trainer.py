@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import time
 from contextlib import nullcontext
@@ -23,6 +22,7 @@ from asr_s2s.config import TrainConfig
 from asr_s2s.errors import CheckpointError, ConfigError, TrainingError
 from asr_s2s.dataset import SpeechDataset, make_loader
 from asr_s2s.features import num_frames
+from asr_s2s.files import write_text_atomically
 from asr_s2s.audio import SAMPLE_RATE_HZ
 from asr_s2s.metrics import error_rates
 from asr_s2s.model import ASRModel
@@ -300,9 +300,7 @@ class Trainer:
                 before = row.get("step", 0) <= self.step
             if before:
                 kept.append(line + "\n")
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
+        write_text_atomically(path, "".join(kept))
 
     # -- the loop ----------------------------------------------------------
     def fit(self, resume: bool = False) -> list[EpochResult]:
