@@ -22,7 +22,8 @@ from asr_s2s.features import CMVNStats
 from asr_s2s.manifest import Utterance, read_librispeech_dir
 from asr_s2s.model import ASRModel
 from asr_s2s.plugins import DISABLE_AUTOLOAD_ENV, DISABLE_PLUGINS_ENV, Registry
-from asr_s2s.search import greedy_search
+from asr_s2s.recognizer import build_scorers
+from asr_s2s.search import BeamSearch, SearchOptions, greedy_search
 from asr_s2s.tokenizer import CharTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +112,27 @@ def make_model(tiny_config, tokenizer, cmvn, registry):
 def random_model(make_model) -> ASRModel:
     """An untrained tiny model. Read-only."""
     return make_model(seed=0)
+
+
+@pytest.fixture(params=["random_model", "trained_model"])
+def model(request) -> ASRModel:
+    """Search tests run on both tiny models: the untrained one (which tends to run to
+    the length limit) and the overfit one (which ends its hypotheses with <eos>)."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def encoded(model, fixture_batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model``'s encoder states ``(B, T', D)`` and lengths ``(B,)`` of the fixture batch."""
+    with torch.inference_mode():
+        return model.encode(fixture_batch.feats, fixture_batch.feat_lengths)
+
+
+def make_search(model: ASRModel, registry: Registry, weights: dict, params: dict | None = None, **options) -> BeamSearch:
+    """A beam search over the scorers in ``weights``, built as the recogniser builds them."""
+    tok = model.tokenizer
+    scorers = build_scorers(model, registry, weights, params or {})
+    return BeamSearch(scorers, SearchOptions(weights=weights, **options), tok.sos_id, tok.eos_id, model.vocab_size)
 
 
 def greedy_texts(model: ASRModel, batch: Batch) -> list[str]:

@@ -14,26 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from asr_s2s.errors import ConfigError
-from asr_s2s.recognizer import build_scorers
-from asr_s2s.search import BeamSearch, SearchOptions
 from asr_s2s_plugins.ctc_prefix import CTCPrefixScorer
-
-
-@pytest.fixture(params=["random_model", "trained_model"])
-def model(request):
-    return request.getfixturevalue(request.param)
-
-
-@pytest.fixture
-def encoded(model, fixture_batch):
-    with torch.inference_mode():
-        return model.encode(fixture_batch.feats, fixture_batch.feat_lengths)
-
-
-def _search(model, registry, weights, **options) -> BeamSearch:
-    tok = model.tokenizer
-    scorers = build_scorers(model, registry, weights, {})
-    return BeamSearch(scorers, SearchOptions(weights=weights, **options), tok.sos_id, tok.eos_id, model.vocab_size)
+from conftest import make_search
 
 
 def _loop_prefix_logprob(logp: torch.Tensor, prefix: list[int], blank: int) -> float:
@@ -94,7 +76,7 @@ def test_prefix_scores_equal_the_frame_by_frame_recursion(random_model, fixture_
 def test_complete_hypotheses_score_minus_ctc_loss(model, registry, encoded):
     """The ctc shares of finished hypotheses add up to log p_ctc(y|x) of torch's ctc_loss."""
     states, lengths = encoded
-    nbest = _search(model, registry, {"decoder": 1.0, "ctc": 0.5}, beam_size=4, nbest=4)(states, lengths)
+    nbest = make_search(model, registry, {"decoder": 1.0, "ctc": 0.5}, beam_size=4, nbest=4)(states, lengths)
     with torch.inference_mode():
         logp = model.ctc_log_probs(states).double()
     checked = 0
@@ -113,7 +95,7 @@ def test_complete_hypotheses_score_minus_ctc_loss(model, registry, encoded):
 
 def test_batched_equals_one_utterance_at_a_time(model, registry, encoded):
     states, lengths = encoded
-    search = _search(model, registry, {"decoder": 1.0, "ctc": 0.3}, beam_size=4, nbest=4)
+    search = make_search(model, registry, {"decoder": 1.0, "ctc": 0.3}, beam_size=4, nbest=4)
     batched = search(states, lengths)
     for b, n in enumerate(lengths.tolist()):
         alone = search(states[b : b + 1, :n], lengths[b : b + 1])[0]
@@ -125,8 +107,8 @@ def test_batched_equals_one_utterance_at_a_time(model, registry, encoded):
 
 def test_zero_weight_changes_nothing(model, registry, encoded):
     states, lengths = encoded
-    plain = _search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3)(states, lengths)
-    zero = _search(model, registry, {"decoder": 1.0, "ctc": 0.0}, beam_size=3, nbest=3)(states, lengths)
+    plain = make_search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3)(states, lengths)
+    zero = make_search(model, registry, {"decoder": 1.0, "ctc": 0.0}, beam_size=3, nbest=3)(states, lengths)
     assert [[(h.tokens, h.score) for h in n] for n in plain] == [[(h.tokens, h.score) for h in n] for n in zero]
 
 
@@ -136,7 +118,7 @@ def test_ctc_alone_scores_the_whole_vocabulary(trained_model, registry, fixture_
     with torch.inference_mode():
         states, lengths = trained_model.encode(fixture_batch.feats, fixture_batch.feat_lengths)
         logp = trained_model.ctc_log_probs(states).double()
-    search = _search(trained_model, registry, {"ctc": 1.0}, beam_size=4)
+    search = make_search(trained_model, registry, {"ctc": 1.0}, beam_size=4)
     assert search.pre_beam == trained_model.vocab_size
     for b, hyps in enumerate(search(states, lengths)):
         loss = F.ctc_loss(

@@ -22,9 +22,8 @@ import torch
 from asr_s2s.errors import ConfigError, PluginError
 from asr_s2s.plugins import ConfigKeyError, Registry
 from asr_s2s.recognizer import build_scorers
-from asr_s2s.search import BeamSearch, SearchOptions
 
-from conftest import FIXTURE_DIR, REPO
+from conftest import FIXTURE_DIR, REPO, make_search
 
 EXAMPLE = REPO / "examples" / "asr-s2s-repetition-penalty"
 MODULE = "asr_s2s_repetition_penalty"
@@ -67,12 +66,6 @@ def _excess(tokens, max_run: int, exempt) -> int:
 
 def _exempt(model) -> set[int]:
     return {model.tokenizer.eos_id, model.tokenizer.tokens.index(" ")}
-
-
-def _search(model, registry, weights, params=None, **options) -> BeamSearch:
-    tok = model.tokenizer
-    scorers = build_scorers(model, registry, weights, params or {})
-    return BeamSearch(scorers, SearchOptions(weights=weights, **options), tok.sos_id, tok.eos_id, model.vocab_size)
 
 
 @pytest.fixture
@@ -154,8 +147,8 @@ def test_max_run_param(example_registry, random_model):
 # -- in beam search ------------------------------------------------------------------------------
 def test_zero_weight_changes_nothing(example_registry, random_model, encoded):
     states, lengths = encoded
-    alone = _search(random_model, example_registry, {"decoder": 1.0}, beam_size=3, nbest=3)(states, lengths)
-    zero = _search(random_model, example_registry, {"decoder": 1.0, "repetition_penalty": 0.0}, beam_size=3, nbest=3)(states, lengths)
+    alone = make_search(random_model, example_registry, {"decoder": 1.0}, beam_size=3, nbest=3)(states, lengths)
+    zero = make_search(random_model, example_registry, {"decoder": 1.0, "repetition_penalty": 0.0}, beam_size=3, nbest=3)(states, lengths)
     assert zero == alone  # tokens, scores and per-scorer shares identical
 
 
@@ -163,7 +156,7 @@ def test_zero_weight_changes_nothing(example_registry, random_model, encoded):
 def test_share_is_minus_the_excess_repeats(example_registry, random_model, encoded, max_run):
     states, lengths = encoded
     weights = {"decoder": 1.0, "repetition_penalty": 0.01}  # too small to break the loops, so there are shares to check
-    search = _search(random_model, example_registry, weights, {"repetition_penalty": {"max_run": max_run}}, beam_size=3, nbest=3)
+    search = make_search(random_model, example_registry, weights, {"repetition_penalty": {"max_run": max_run}}, beam_size=3, nbest=3)
     exempt = _exempt(random_model)
     shares = []
     for nbest in search(states, lengths):
@@ -178,16 +171,16 @@ def test_share_is_minus_the_excess_repeats(example_registry, random_model, encod
 def test_a_large_weight_removes_the_loops(example_registry, random_model, encoded):
     states, lengths = encoded
     exempt = _exempt(random_model)
-    plain = _search(random_model, example_registry, {"decoder": 1.0}, beam_size=3)(states, lengths)
+    plain = make_search(random_model, example_registry, {"decoder": 1.0}, beam_size=3)(states, lengths)
     assert any(_excess(n[0].tokens, 2, exempt) for n in plain), "the untrained model loops"
     weights = {"decoder": 1.0, "repetition_penalty": 100.0}
-    for nbest in _search(random_model, example_registry, weights, beam_size=3, nbest=3)(states, lengths):
+    for nbest in make_search(random_model, example_registry, weights, beam_size=3, nbest=3)(states, lengths):
         assert nbest and all(h.scores["repetition_penalty"] == 0 and _excess(h.tokens, 2, exempt) == 0 for h in nbest)
 
 
 def test_batched_equals_one_utterance_at_a_time(example_registry, random_model, encoded):
     states, lengths = encoded
-    search = _search(random_model, example_registry, {"decoder": 1.0, "repetition_penalty": 1.0}, beam_size=3, nbest=3)
+    search = make_search(random_model, example_registry, {"decoder": 1.0, "repetition_penalty": 1.0}, beam_size=3, nbest=3)
     batched = search(states, lengths)
     for b, n in enumerate(lengths.tolist()):
         alone = search(states[b : b + 1, :n], lengths[b : b + 1])[0]

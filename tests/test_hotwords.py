@@ -15,18 +15,12 @@ import torch
 from asr_s2s.errors import ConfigError
 from asr_s2s.plugins import ConfigKeyError
 from asr_s2s.recognizer import build_scorers
-from asr_s2s.search import BeamSearch, SearchOptions
 from asr_s2s_plugins.hotwords import HotwordsScorer
+from conftest import make_search
 
 
 def _hotwords(model, registry, **params) -> HotwordsScorer:
     return registry.build("scorer", {"name": "hotwords", **params}, "decode.scorers.hotwords", model=model)
-
-
-def _search(model, registry, weights, params=None, **options) -> BeamSearch:
-    tok = model.tokenizer
-    scorers = build_scorers(model, registry, weights, params or {})
-    return BeamSearch(scorers, SearchOptions(weights=weights, **options), tok.sos_id, tok.eos_id, model.vocab_size)
 
 
 def _drive(scorer: HotwordsScorer, tokenizer, texts: list[str], seed: int = 0) -> list[torch.Tensor]:
@@ -199,21 +193,10 @@ def test_empty_phrase_list_scores_zero(random_model, registry, tokenizer):
 
 
 # -- inside the beam search ---------------------------------------------------------------------
-@pytest.fixture(params=["random_model", "trained_model"])
-def model(request):
-    return request.getfixturevalue(request.param)
-
-
-@pytest.fixture
-def encoded(model, fixture_batch):
-    with torch.inference_mode():
-        return model.encode(fixture_batch.feats, fixture_batch.feat_lengths)
-
-
 def test_empty_phrase_list_changes_nothing(model, registry, encoded):
     states, lengths = encoded
-    alone = _search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3)(states, lengths)
-    biased = _search(model, registry, {"decoder": 1.0, "hotwords": 2.0}, beam_size=3, nbest=3)(states, lengths)
+    alone = make_search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3)(states, lengths)
+    biased = make_search(model, registry, {"decoder": 1.0, "hotwords": 2.0}, beam_size=3, nbest=3)(states, lengths)
     for a, b in zip(alone, biased, strict=True):
         assert [h.tokens for h in a] == [h.tokens for h in b]
         assert [h.score for h in a] == [h.score for h in b]
@@ -223,9 +206,9 @@ def test_empty_phrase_list_changes_nothing(model, registry, encoded):
 
 def test_zero_weight_changes_nothing(model, registry, encoded):
     states, lengths = encoded
-    alone = _search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3)(states, lengths)
+    alone = make_search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3)(states, lengths)
     weights = {"decoder": 1.0, "hotwords": 0.0}
-    zero = _search(model, registry, weights, {"hotwords": {"phrases": ["THE", "CAT"]}}, beam_size=3, nbest=3)(states, lengths)
+    zero = make_search(model, registry, weights, {"hotwords": {"phrases": ["THE", "CAT"]}}, beam_size=3, nbest=3)(states, lengths)
     assert zero == alone  # tokens, scores and per-scorer shares identical
 
 
@@ -239,7 +222,7 @@ def test_search_shares_count_phrase_characters(trained_model, registry, fixture_
     seen = 0
     for weight in [0.5, 2.0, 6.0]:
         weights = {"decoder": 1.0, "hotwords": weight}
-        search = _search(model, registry, weights, {"hotwords": {"phrases": phrases}}, beam_size=4, nbest=4)
+        search = make_search(model, registry, weights, {"hotwords": {"phrases": phrases}}, beam_size=4, nbest=4)
         for nbest in search(states, lengths):
             for hyp in nbest:
                 text = tok.decode(hyp.tokens)
@@ -256,13 +239,13 @@ def test_boosting_brings_in_a_missing_phrase(trained_model, registry, fixture_ba
     model, tok = trained_model, trained_model.tokenizer
     with torch.inference_mode():
         states, lengths = model.encode(fixture_batch.feats, fixture_batch.feat_lengths)
-    base = [tok.decode(n[0].tokens) for n in _search(model, registry, {"decoder": 1.0}, beam_size=4)(states, lengths)]
+    base = [tok.decode(n[0].tokens) for n in make_search(model, registry, {"decoder": 1.0}, beam_size=4)(states, lengths)]
     # a plausible word: from another utterance's reference, absent from this output
     utt = 0
     candidates = {w for i, ref in enumerate(fixture_batch.texts) if i != utt for w in ref.split()} - set(base[utt].split())
     phrase = min(candidates, key=lambda w: (-len(w), w))
     weights = {"decoder": 1.0, "hotwords": 8.0}
-    boosted = _search(model, registry, weights, {"hotwords": {"phrases": [phrase]}}, beam_size=4)(states, lengths)
+    boosted = make_search(model, registry, weights, {"hotwords": {"phrases": [phrase]}}, beam_size=4)(states, lengths)
     best = boosted[utt][0]
     assert phrase in tok.decode(best.tokens).split()
     assert best.scores["hotwords"] >= len(phrase)

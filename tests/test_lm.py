@@ -15,8 +15,7 @@ import yaml
 from asr_s2s.errors import ConfigError, ManifestError, ModelPackageError, TokenizerError
 from asr_s2s.lm import LMTrainConfig, collate_text, lm_loss, load_lm_config, read_text, split_valid, token_batches
 from asr_s2s.package import load_lm_package, load_package
-from asr_s2s.recognizer import build_scorers
-from asr_s2s.search import BeamSearch, SearchOptions
+from conftest import make_search
 
 TINY_LM = {"lm": {"name": "lstm", "embed_dim": 16, "hidden_size": 64, "num_layers": 1, "dropout": 0.0},
            "train": {"epochs": 40, "lr": 0.02, "warmup_steps": 5, "max_batch_tokens": 100, "valid_fraction": 0.25}}
@@ -149,19 +148,13 @@ def test_lm_tokens_must_match_the_acoustic_model(lm_package, tmp_path, random_mo
 
 
 # -- shallow fusion ---------------------------------------------------------------------------
-def _search(model, registry, weights, params, **options):
-    tok = model.tokenizer
-    scorers = build_scorers(model, registry, weights, params)
-    return BeamSearch(scorers, SearchOptions(weights=weights, **options), tok.sos_id, tok.eos_id, model.vocab_size)
-
-
 def test_fusion_share_is_the_lm_sentence_log_probability(lm_package, random_model, registry, fixture_batch):
     params = {"lm": {"path": str(lm_package / "lm")}}
     with torch.inference_mode():
         states, lengths = random_model.encode(fixture_batch.feats[:3], fixture_batch.feat_lengths[:3])
     weights = {"decoder": 1.0, "lm": 0.5}
     lm, tok = load_lm_package(lm_package / "lm")
-    for nbest in _search(random_model, registry, weights, params, beam_size=3, nbest=2, max_length_ratio=0.3)(states, lengths):
+    for nbest in make_search(random_model, registry, weights, params, beam_size=3, nbest=2, max_length_ratio=0.3)(states, lengths):
         for hyp in nbest:
             inputs, targets = collate_text([list(hyp.tokens)], tok.sos_id, tok.eos_id)
             with torch.inference_mode():
@@ -174,8 +167,8 @@ def test_zero_weight_lm_changes_nothing(lm_package, random_model, registry, fixt
     with torch.inference_mode():
         states, lengths = random_model.encode(fixture_batch.feats[:3], fixture_batch.feat_lengths[:3])
     params = {"lm": {"path": str(lm_package / "lm")}}
-    plain = _search(random_model, registry, {"decoder": 1.0}, {}, beam_size=3)(states, lengths)
-    zero = _search(random_model, registry, {"decoder": 1.0, "lm": 0.0}, params, beam_size=3)(states, lengths)
+    plain = make_search(random_model, registry, {"decoder": 1.0}, {}, beam_size=3)(states, lengths)
+    zero = make_search(random_model, registry, {"decoder": 1.0, "lm": 0.0}, params, beam_size=3)(states, lengths)
     assert plain == zero
 
 
@@ -184,7 +177,7 @@ def test_lm_pulls_a_random_acoustic_model_towards_the_text(lm_package, random_mo
     with torch.inference_mode():
         states, lengths = random_model.encode(fixture_batch.feats[:2], fixture_batch.feat_lengths[:2])
     params = {"lm": {"path": str(lm_package / "lm")}}
-    nbest = _search(random_model, registry, {"decoder": 0.01, "lm": 1.0}, params, beam_size=4)(states, lengths)
+    nbest = make_search(random_model, registry, {"decoder": 0.01, "lm": 1.0}, params, beam_size=4)(states, lengths)
     known = {u.text for u in fixture_utterances}
     assert all(random_model.tokenizer.decode(n[0].tokens) in known for n in nbest)
 

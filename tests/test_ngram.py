@@ -16,10 +16,10 @@ import torch
 
 from asr_s2s.errors import ConfigError
 from asr_s2s.plugins import Registry
-from asr_s2s.recognizer import build_scorers
-from asr_s2s.search import BeamSearch, SearchOptions
+from asr_s2s.search import BeamSearch
 from asr_s2s.tokenizer import CharTokenizer
 from asr_s2s_plugins.ngram import ArpaError, NgramScorer, NgramTables, read_arpa
+from conftest import make_search
 
 LN10 = math.log(10)
 FLOOR_LOG10 = -99.0
@@ -408,10 +408,7 @@ def encoded(random_model, fixture_batch):
 
 
 def _search(model, registry, weights, params, **options) -> BeamSearch:
-    tok = model.tokenizer
-    scorers = build_scorers(model, registry, weights, params)
-    options = {"beam_size": 3, "max_length_ratio": 0.5, **options}
-    return BeamSearch(scorers, SearchOptions(weights=weights, **options), tok.sos_id, tok.eos_id, model.vocab_size)
+    return make_search(model, registry, weights, params, **{"beam_size": 3, "max_length_ratio": 0.5, **options})
 
 
 def test_search_with_zero_and_positive_weight(tmp_path, random_model, ngram_registry, encoded):

@@ -16,23 +16,7 @@ from asr_s2s.errors import ConfigError
 from asr_s2s.interfaces import Scorer
 from asr_s2s.recognizer import build_scorers
 from asr_s2s.search import BeamSearch, Hypothesis, SearchOptions, greedy_search, length_limits
-
-
-@pytest.fixture(params=["random_model", "trained_model"])
-def model(request):
-    return request.getfixturevalue(request.param)
-
-
-@pytest.fixture
-def encoded(model, fixture_batch):
-    with torch.inference_mode():
-        return model.encode(fixture_batch.feats, fixture_batch.feat_lengths)
-
-
-def _search(model, registry, weights, **options) -> BeamSearch:
-    tok = model.tokenizer
-    scorers = build_scorers(model, registry, weights, {})
-    return BeamSearch(scorers, SearchOptions(weights=weights, **options), tok.sos_id, tok.eos_id, model.vocab_size)
+from conftest import make_search
 
 
 def _greedy(model, states, lengths, **kwargs) -> list[Hypothesis]:
@@ -61,7 +45,7 @@ def _assert_same_hyps(a: list[Hypothesis], b: list[Hypothesis], atol: float = 1e
 def test_beam_size_one_with_decoder_alone_equals_greedy(model, registry, encoded):
     states, lengths = encoded
     greedy = _greedy(model, states, lengths)
-    beam = _search(model, registry, {"decoder": 1.0}, beam_size=1)(states, lengths)
+    beam = make_search(model, registry, {"decoder": 1.0}, beam_size=1)(states, lengths)
     assert all(len(n) == 1 for n in beam)
     _assert_same_hyps([n[0] for n in beam], greedy)
 
@@ -69,7 +53,7 @@ def test_beam_size_one_with_decoder_alone_equals_greedy(model, registry, encoded
 @pytest.mark.parametrize("weights", [{"decoder": 1.0}, {"decoder": 1.0, "length_bonus": 0.5}])
 def test_batched_beam_search_equals_one_utterance_at_a_time(model, registry, encoded, weights):
     states, lengths = encoded
-    search = _search(model, registry, weights, beam_size=4, nbest=4)
+    search = make_search(model, registry, weights, beam_size=4, nbest=4)
     batched = search(states, lengths)
     assert len(batched) == len(lengths)
     for b, n in enumerate(lengths.tolist()):
@@ -79,8 +63,8 @@ def test_batched_beam_search_equals_one_utterance_at_a_time(model, registry, enc
 
 def test_zero_weight_length_bonus_changes_nothing(model, registry, encoded):
     states, lengths = encoded
-    without = _search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3)(states, lengths)
-    with_zero = _search(model, registry, {"decoder": 1.0, "length_bonus": 0.0}, beam_size=3, nbest=3)(states, lengths)
+    without = make_search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3)(states, lengths)
+    with_zero = make_search(model, registry, {"decoder": 1.0, "length_bonus": 0.0}, beam_size=3, nbest=3)(states, lengths)
     for a, b in zip(without, with_zero):
         assert a == b  # tokens, scores and per-scorer shares identical
 
@@ -91,7 +75,7 @@ def test_utterance_decodes_the_same_alone_and_in_a_padded_batch(model, registry,
     order = b.feat_lengths.argsort().tolist()
     shortest, longer = order[0], order[1:]
     rows = [shortest, *longer]
-    search = _search(model, registry, {"decoder": 1.0}, beam_size=4, nbest=2)
+    search = make_search(model, registry, {"decoder": 1.0}, beam_size=4, nbest=2)
     with torch.inference_mode():
         states, lengths = model.encode(b.feats[rows], b.feat_lengths[rows])
         n = int(b.feat_lengths[shortest])
@@ -107,7 +91,7 @@ def test_utterance_decodes_the_same_alone_and_in_a_padded_batch(model, registry,
 def test_scores_equal_teacher_forced_log_probabilities(model, registry, encoded):
     states, lengths = encoded
     greedy = _greedy(model, states, lengths)
-    beam = _search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3)(states, lengths)
+    beam = make_search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3)(states, lengths)
     for b in range(len(lengths)):
         length = int(lengths[b])
         for hyp in [greedy[b], *beam[b]]:
@@ -122,7 +106,7 @@ def test_scores_equal_teacher_forced_log_probabilities(model, registry, encoded)
 def test_weighted_scores_add_up(model, registry, encoded):
     states, lengths = encoded
     weights = {"decoder": 1.0, "length_bonus": 0.7}
-    for nbest in _search(model, registry, weights, beam_size=3, nbest=2)(states, lengths):
+    for nbest in make_search(model, registry, weights, beam_size=3, nbest=2)(states, lengths):
         for hyp in nbest:
             assert set(hyp.scores) == {"decoder", "length_bonus"}
             assert hyp.scores["length_bonus"] == pytest.approx(len(hyp.tokens) + 1), "1 per token and <eos>"
@@ -131,7 +115,7 @@ def test_weighted_scores_add_up(model, registry, encoded):
 
 def test_length_normalisation(model, registry, encoded):
     states, lengths = encoded
-    for b, nbest in enumerate(_search(model, registry, {"decoder": 1.0}, beam_size=2, length_normalize=True)(states, lengths)):
+    for b, nbest in enumerate(make_search(model, registry, {"decoder": 1.0}, beam_size=2, length_normalize=True)(states, lengths)):
         hyp = nbest[0]
         raw = _teacher_forced_logprob(model, states[b], int(lengths[b]), hyp.tokens)
         assert hyp.score == pytest.approx(raw / (len(hyp.tokens) + 1), abs=1e-3)
@@ -140,7 +124,7 @@ def test_length_normalisation(model, registry, encoded):
 def test_length_limits_are_respected(model, registry, encoded):
     states, lengths = encoded
     options = dict(max_length_ratio=0.3, min_length_ratio=0.2)
-    search = _search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3, **options)
+    search = make_search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3, **options)
     greedy = _greedy(model, states, lengths, max_length_ratio=0.3)
     for b, nbest in enumerate(search(states, lengths)):
         lo, hi = math.floor(int(lengths[b]) * 0.2), math.floor(int(lengths[b]) * 0.3)
@@ -187,7 +171,7 @@ def test_bad_options(options, match):
 
 def test_search_needs_a_positive_weight(random_model, registry):
     with pytest.raises(ConfigError, match="positive weight"):
-        _search(random_model, registry, {"decoder": 0.0}, beam_size=2)
+        make_search(random_model, registry, {"decoder": 0.0}, beam_size=2)
 
 
 def test_end_detection_keeps_the_best_hypothesis(trained_model, registry, fixture_batch):
@@ -195,8 +179,8 @@ def test_end_detection_keeps_the_best_hypothesis(trained_model, registry, fixtur
     with torch.inference_mode():
         states, lengths = trained_model.encode(fixture_batch.feats, fixture_batch.feat_lengths)
     weights = {"decoder": 1.0, "length_bonus": 0.5}
-    early = _search(trained_model, registry, weights, beam_size=4, end_margin=10.0)(states, lengths)
-    full = _search(trained_model, registry, weights, beam_size=4, end_margin=None)(states, lengths)
+    early = make_search(trained_model, registry, weights, beam_size=4, end_margin=10.0)(states, lengths)
+    full = make_search(trained_model, registry, weights, beam_size=4, end_margin=None)(states, lengths)
     _assert_same_hyps([n[0] for n in early], [n[0] for n in full])
 
 
@@ -231,7 +215,7 @@ def test_partial_scorers_see_the_pre_beam_of_the_full_scorers(model, registry, e
     found = search(states, lengths)
     assert counter.seen and all(c.shape == (len(lengths) * 4, math.ceil(1.5 * 4)) for c in counter.seen)
     # a partial scorer adding 0 only restricts tokens to the pre-beam, which holds every survivor
-    plain = _search(model, registry, {"decoder": 1.0}, beam_size=4, nbest=4)(states, lengths)
+    plain = make_search(model, registry, {"decoder": 1.0}, beam_size=4, nbest=4)(states, lengths)
     for a, b in zip(found, plain):
         _assert_same_hyps(a, b, atol=1e-9)
 
@@ -244,7 +228,7 @@ def test_pre_beam_ratio_must_be_at_least_one():
 # -- scorers reading other scorers' state: coverage ------------------------------------------
 def test_coverage_needs_the_decoder(random_model, registry):
     with pytest.raises(ConfigError, match="'coverage' reads the state of 'decoder'"):
-        _search(random_model, registry, {"ctc": 1.0, "coverage": 0.5}, beam_size=2)
+        make_search(random_model, registry, {"ctc": 1.0, "coverage": 0.5}, beam_size=2)
 
 
 def test_coverage_share_counts_covered_frames(model, registry, encoded):
@@ -252,7 +236,7 @@ def test_coverage_share_counts_covered_frames(model, registry, encoded):
     hypothesis's steps (``<eos>`` included), exceeds the threshold."""
     states, lengths = encoded
     weights = {"decoder": 1.0, "coverage": 0.3}
-    for b, nbest in enumerate(_search(model, registry, weights, beam_size=3, nbest=2)(states, lengths)):
+    for b, nbest in enumerate(make_search(model, registry, weights, beam_size=3, nbest=2)(states, lengths)):
         for hyp in nbest:
             tokens_in = torch.tensor([[model.tokenizer.sos_id, *hyp.tokens]])
             with torch.inference_mode():
@@ -264,6 +248,6 @@ def test_coverage_share_counts_covered_frames(model, registry, encoded):
 
 def test_zero_weight_coverage_changes_nothing(model, registry, encoded):
     states, lengths = encoded
-    plain = _search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3)(states, lengths)
-    zero = _search(model, registry, {"decoder": 1.0, "coverage": 0.0}, beam_size=3, nbest=3)(states, lengths)
+    plain = make_search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3)(states, lengths)
+    zero = make_search(model, registry, {"decoder": 1.0, "coverage": 0.0}, beam_size=3, nbest=3)(states, lengths)
     assert plain == zero
