@@ -29,6 +29,16 @@ def _write(tmp_path, text: str):
     return path
 
 
+def _assert_error_names(path, fragments) -> None:
+    """Loading ``path`` is a ConfigError whose message names the file and holds every fragment."""
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    for fragment in fragments:
+        assert fragment in message
+
+
 def test_tiny_config_loads(tiny_config):
     assert tiny_config.model.encoder == {
         "name": "pblstm", "hidden_size": 48, "base_layers": 1, "pyramid_layers": 2, "dropout": 0.0,
@@ -73,13 +83,7 @@ def test_nested_sections(tmp_path):
     ],
 )
 def test_unknown_keys_are_named_with_path_and_suggestion(tmp_path, text, fragments):
-    path = _write(tmp_path, text)
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    message = str(info.value)
-    assert str(path) in message
-    for fragment in fragments:
-        assert fragment in message
+    _assert_error_names(_write(tmp_path, text), fragments)
 
 
 @pytest.mark.parametrize(
@@ -98,13 +102,7 @@ def test_unknown_keys_are_named_with_path_and_suggestion(tmp_path, text, fragmen
     ],
 )
 def test_wrong_types_are_named(tmp_path, text, fragments):
-    path = _write(tmp_path, text)
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    message = str(info.value)
-    assert str(path) in message
-    for fragment in fragments:
-        assert fragment in message
+    _assert_error_names(_write(tmp_path, text), fragments)
 
 
 def test_top_level_must_be_a_mapping(tmp_path):
