@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 
 import pytest
 import soundfile
@@ -115,9 +114,6 @@ def test_loader_with_a_worker_process(fixture_dataset):
     assert sorted(batch.ids) == sorted(u.id for u in fixture_dataset.utterances)
 
 
-@pytest.mark.skipif(
-    "cache" not in inspect.signature(SpeechDataset).parameters, reason="SpeechDataset has no feature cache"
-)
 def test_feature_cache_returns_the_same_features(tmp_path, fixture_utterances, tokenizer):
     path = tmp_path / "a.wav"
     soundfile.write(path, load_audio(fixture_utterances[0].audio), 16_000, subtype="FLOAT")
