@@ -12,7 +12,6 @@ from asr_s2s.audio import load_audio
 from asr_s2s.dataset import IGNORE_ID, Example, SpeechDataset, collate, make_loader
 from asr_s2s.errors import TokenizerError
 from asr_s2s.features import fbank, num_frames
-from asr_s2s.manifest import Utterance
 from asr_s2s.tokenizer import normalize_text
 
 
