@@ -109,6 +109,16 @@ class Decoder(nn.Module, ABC):
         :returns: the state with per-hypothesis rows gathered.
         """
 
+    def compact(self, state: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Keep only the hypotheses ``rows`` ``(M,)``, per-utterance memory included.
+
+        Search calls this when utterances finish, so that their rows are no
+        longer computed. Unlike :meth:`select`, ``rows`` spans utterances: every
+        tensor with ``N`` rows (encoder memory too) must be gathered to ``M`` rows.
+        Optional: a decoder without it is still searched, just without compaction.
+        """
+        raise NotImplementedError
+
 
 class LanguageModel(nn.Module, ABC):
     """A token-level language model, for shallow fusion in beam search.
@@ -205,3 +215,20 @@ class Scorer(ABC):
     def final_score(self, state: Any) -> torch.Tensor | None:
         """Optional extra score ``(N,)`` when a hypothesis ends with ``<eos>``; None for none."""
         return None
+
+    def compact(self, state: Any, rows: torch.Tensor) -> Any:
+        """Optional: keep only the hypotheses ``rows`` ``(M,)`` of the state after :meth:`select`.
+
+        Search calls this when utterances finish, so that their rows stop
+        costing work. ``rows`` (increasing, whole utterances' hypotheses) spans
+        utterances, so unlike in :meth:`select` per-utterance data (encoder
+        memory, frame scores) must be gathered too. A scorer that does not
+        override it is still searched; search then keeps stepping finished
+        utterances' rows (a slower search with the same result).
+        """
+        raise NotImplementedError
+
+    @property
+    def can_compact(self) -> bool:
+        """Whether :meth:`compact` is implemented (search compacts only when every active scorer can)."""
+        return type(self).compact is not Scorer.compact

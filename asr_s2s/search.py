@@ -117,6 +117,9 @@ class BeamSearch:
     the best ``K`` others continue. An utterance stops once it holds ``K``
     finished hypotheses, reaches its maximum length, or (end detection) its
     best running hypothesis trails its best finished one by ``end_margin``.
+    When every active scorer can :meth:`~asr_s2s.interfaces.Scorer.compact`
+    its state, the rows of stopped utterances are dropped from the batch, so
+    that a batch costs what its unfinished utterances cost.
     """
 
     def __init__(self, scorers: Mapping[str, Scorer], options: SearchOptions, sos: int, eos: int, vocab_size: int) -> None:
@@ -138,6 +141,7 @@ class BeamSearch:
         self.options = options
         self.sos, self.eos, self.vocab_size = sos, eos, vocab_size
         self.pre_beam = min(vocab_size, math.ceil(options.pre_beam_ratio * options.beam_size)) if self.full else vocab_size
+        self.compacts = all(s.can_compact for s in self.scorers.values())
 
     @torch.inference_mode()
     def __call__(self, states: torch.Tensor, state_lengths: torch.Tensor) -> list[list[Hypothesis]]:
@@ -156,34 +160,44 @@ class BeamSearch:
         running[:, 0] = 0.0  # all beams start identical: keep one
         shares = torch.zeros(n, len(self.scorers), dtype=torch.float64, device=device)
         finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+        # ``alive[i]``: the utterance that row block i (rows i*K .. i*K+K-1) searches; shrinks as utterances stop
+        alive = list(range(batch))
         done = torch.zeros(batch, dtype=torch.bool, device=device)
-        base = (torch.arange(batch, device=device) * k).unsqueeze(1)  # (B, 1)
+        beam_offsets = torch.arange(k, device=device)
 
         for step in range(int(max_len.max()) + 1):
+            b, n = len(alive), len(alive) * k
             step_scores, new_states, total = self._score(prefix, scorer_states, step, min_len, max_len)
-            candidates = (running.reshape(n, 1) + total).reshape(batch, k * vocab)
-            top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)  # (B, 2K)
-            source = base + torch.div(top_index, vocab, rounding_mode="floor")  # (B, 2K) flat rows
-            token = top_index % vocab
+            candidates = (running.reshape(n, 1) + total).reshape(b, k * vocab)
+            top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)  # (b, 2K)
+            source = (torch.arange(b, device=device) * k).unsqueeze(1) + torch.div(top_index, vocab, rounding_mode="floor")
+            token = top_index % vocab  # (b, 2K); source: their flat parent rows
             ends = (token == self.eos) & torch.isfinite(top_scores) & ~done.unsqueeze(1)
             ends[:, k:] = False
             if bool(ends.any()):
-                self._finish(ends, top_scores, source, prefix, shares, step_scores, new_states, step, finished)
+                self._finish(ends, top_scores, source, prefix, shares, step_scores, new_states, step, finished, alive)
             # keep the best K extensions that do not end
             keep_rank = torch.where(token == self.eos, -1, 2 * k - torch.arange(top_index.shape[1], device=device))
-            keep = keep_rank.topk(k, dim=1).indices  # (B, K), in score order
+            keep = keep_rank.topk(k, dim=1).indices  # (b, K), in score order
             running = top_scores.gather(1, keep)
             rows = source.gather(1, keep).reshape(n)
             new_tokens = token.gather(1, keep).reshape(n)
             shares = shares[rows] + self._shares(step_scores, rows, new_tokens)
             prefix = torch.cat([prefix[rows], new_tokens.unsqueeze(1)], dim=1)
             scorer_states = {name: s.select(new_states[name], rows, new_tokens) for name, s in self.scorers.items()}
-            done |= torch.tensor([len(f) >= k for f in finished], device=device)
-            done |= step >= max_len.view(batch, k)[:, 0]
+            done |= torch.tensor([len(finished[u]) >= k for u in alive], device=device)
+            done |= step >= max_len.view(b, k)[:, 0]
             if self.options.end_margin is not None:
-                done |= self._hopeless(running, finished, step)
+                done |= self._hopeless(running, [finished[u] for u in alive], step)
             if bool(done.all()):
                 break
+            if self.compacts and bool(done.any()):  # drop the stopped utterances' rows
+                blocks = (~done).nonzero().squeeze(1)  # (b',)
+                kept = (blocks.unsqueeze(1) * k + beam_offsets).reshape(-1)  # (b' * K,)
+                scorer_states = {name: s.compact(scorer_states[name], kept) for name, s in self.scorers.items()}
+                prefix, shares, min_len, max_len = prefix[kept], shares[kept], min_len[kept], max_len[kept]
+                running, done = running[blocks], done[blocks]
+                alive = [alive[i] for i in blocks.tolist()]
         return [sorted(f, key=lambda h: -h.score)[: self.options.nbest] for f in finished]
 
     def _score(self, prefix, scorer_states, step, min_len, max_len):
@@ -233,8 +247,8 @@ class BeamSearch:
             best_running = best_running / (step + 1)
         return best_running < best_finished - self.options.end_margin
 
-    def _finish(self, ends, top_scores, source, prefix, shares, step_scores, new_states, step, finished) -> None:
-        """Move hypotheses that chose ``<eos>`` to ``finished``."""
+    def _finish(self, ends, top_scores, source, prefix, shares, step_scores, new_states, step, finished, alive) -> None:
+        """Move hypotheses that chose ``<eos>`` to ``finished`` (indexed by utterance; row block i is ``alive[i]``)."""
         rows = source[ends]
         scores = top_scores[ends]
         row_shares = shares[rows] + self._shares(step_scores, rows, torch.full_like(rows, self.eos))
@@ -246,7 +260,7 @@ class BeamSearch:
                 row_shares[:, i] += extra
         if self.options.length_normalize:
             scores = scores / (step + 1)
-        utterances = ends.nonzero()[:, 0].tolist()
+        utterances = [alive[i] for i in ends.nonzero()[:, 0].tolist()]
         token_rows = prefix[rows, 1:].tolist()
         names = list(self.scorers)
         for utt, tokens, score, share in zip(utterances, token_rows, scores.tolist(), row_shares.tolist()):

@@ -164,6 +164,10 @@ class AttentionDecoder(Decoder):
             attention=state["attention"].index_select(0, index),
         )
 
+    def compact(self, state: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Keep hypotheses ``rows`` ``(M,)``: memory, projection, mask and attention on dim 0, ``h``/``c`` on dim 1."""
+        return {key: value.index_select(1 if key in ("h", "c") else 0, rows) for key, value in state.items()}
+
     def forward(
         self,
         states: torch.Tensor,

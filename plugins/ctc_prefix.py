@@ -153,6 +153,11 @@ class CTCPrefixScorer(Scorer):
         r = _extend(state.frames, state.r[index], state.last[index], tokens, index)
         return CTCState(state.frames, r, state.psi[index, column], tokens)
 
+    def compact(self, state: CTCState, rows: torch.Tensor) -> CTCState:
+        """Keep hypotheses ``rows`` ``(M,)``, their frame scores included."""
+        frames = CTCFrames(state.frames.logp[rows], state.frames.blank_cum[rows], state.frames.lengths[rows])
+        return CTCState(frames, state.r[rows], state.psi[rows], state.last[rows])
+
 
 def _extend(frames: CTCFrames, r: torch.Tensor, last: torch.Tensor, tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Forward variables of prefixes ``g + c``: ``r`` ``(M, 2, T'+1)`` of ``g``, its ``last`` token

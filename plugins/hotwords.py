@@ -294,6 +294,9 @@ class HotwordsScorer(Scorer):
         """
         return HotwordsState(self._tables(state.node.device).next_state[state.node[index], tokens])
 
+    def compact(self, state: HotwordsState, rows: torch.Tensor) -> HotwordsState:
+        return HotwordsState(state.node[rows])
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self.phrases)} phrases, {self.num_nodes} trie nodes)"
 

@@ -91,6 +91,10 @@ class LMScorer(Scorer):
     def select(self, state: dict[str, torch.Tensor], index: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.lm.select(state, index)
 
+    def compact(self, state: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """An LM state holds no per-utterance data: dropping rows is a plain gather."""
+        return self.lm.select(state, rows)
+
 
 @hookimpl
 def asr_s2s_register_lms() -> list[type]:

@@ -451,6 +451,9 @@ class NgramScorer(Scorer):
         node = torch.where(ends, ROOT, self.trie.step(node, tokens))
         return NgramState(history, node)
 
+    def compact(self, state: NgramState, rows: torch.Tensor) -> NgramState:
+        return NgramState(state.history[rows], None if state.node is None else state.node[rows])
+
 
 @hookimpl
 def asr_s2s_register_scorers() -> list[type]:

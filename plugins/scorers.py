@@ -9,7 +9,7 @@ import torch
 
 from asr_s2s.errors import ConfigError
 from asr_s2s.hookspecs import hookimpl
-from asr_s2s.interfaces import Scorer
+from asr_s2s.interfaces import Decoder, Scorer
 
 if TYPE_CHECKING:
     from asr_s2s.model import ASRModel
@@ -36,6 +36,13 @@ class DecoderScorer(Scorer):
     def select(self, state: dict[str, torch.Tensor], index: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.decoder.select(state, index)
 
+    def compact(self, state: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.decoder.compact(state, rows)
+
+    @property
+    def can_compact(self) -> bool:
+        return type(self.decoder).compact is not Decoder.compact
+
 
 class LengthBonus(Scorer):
     """A constant score of 1 per emitted token; a positive weight counters the bias to short outputs."""
@@ -56,6 +63,9 @@ class LengthBonus(Scorer):
         return prefix.new_ones(prefix.shape[0], self.vocab_size, dtype=torch.float32), None
 
     def select(self, state: None, index: torch.Tensor, tokens: torch.Tensor) -> None:
+        return None
+
+    def compact(self, state: None, rows: torch.Tensor) -> None:
         return None
 
 
@@ -105,6 +115,9 @@ class CoverageScorer(Scorer):
 
     def select(self, state: tuple[torch.Tensor, torch.Tensor], index: torch.Tensor, tokens: torch.Tensor):
         return state[0].index_select(0, index), state[1].index_select(0, index)
+
+    def compact(self, state: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor):
+        return state[0].index_select(0, rows), state[1].index_select(0, rows)
 
 
 @hookimpl

@@ -216,8 +216,8 @@ def test_partial_scorers_see_the_pre_beam_of_the_full_scorers(model, registry, e
     assert counter.seen and all(c.shape == (len(lengths) * 4, math.ceil(1.5 * 4)) for c in counter.seen)
     # a partial scorer adding 0 only restricts tokens to the pre-beam, which holds every survivor
     plain = make_search(model, registry, {"decoder": 1.0}, beam_size=4, nbest=4)(states, lengths)
-    for a, b in zip(found, plain):
-        _assert_same_hyps(a, b, atol=1e-9)
+    for a, b in zip(found, plain):  # float32 kernels may round differently at another batch size
+        _assert_same_hyps(a, b, atol=1e-5)
 
 
 def test_pre_beam_ratio_must_be_at_least_one():
@@ -251,3 +251,55 @@ def test_zero_weight_coverage_changes_nothing(model, registry, encoded):
     plain = make_search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3)(states, lengths)
     zero = make_search(model, registry, {"decoder": 1.0, "coverage": 0.0}, beam_size=3, nbest=3)(states, lengths)
     assert plain == zero
+
+
+# -- compaction: finished utterances leave the batch ----------------------------------------------
+class _RowCounter(Scorer):
+    """A zero scorer that records how many rows each step scores; compacts only if asked to."""
+
+    name = "row_counter"
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size, self.rows = vocab_size, []
+
+    def init_state(self, states, state_lengths):
+        return None
+
+    def score(self, prefix, state, inputs=None):
+        self.rows.append(prefix.shape[0])
+        return prefix.new_zeros(prefix.shape[0], self.vocab_size, dtype=torch.float32), None
+
+    def select(self, state, index, tokens):
+        return None
+
+
+class _CompactingRowCounter(_RowCounter):
+    def compact(self, state, rows):
+        return None
+
+
+def _search_with(model, registry, counter, weights, **options) -> BeamSearch:
+    tok = model.tokenizer
+    scorers = {**build_scorers(model, registry, weights, {}), counter.name: counter}
+    weights = {**weights, counter.name: 1.0}
+    return BeamSearch(scorers, SearchOptions(weights=weights, **options), tok.sos_id, tok.eos_id, model.vocab_size)
+
+
+@pytest.mark.parametrize("weights", [
+    {"decoder": 1.0},
+    {"decoder": 1.0, "ctc": 0.3, "coverage": 0.5, "length_bonus": 0.5},
+])
+def test_stopped_utterances_leave_the_batch_and_results_do_not_change(trained_model, registry, fixture_batch, weights):
+    with torch.inference_mode():
+        states, lengths = trained_model.encode(fixture_batch.feats, fixture_batch.feat_lengths)
+    k = 3
+    compacting, plain = _CompactingRowCounter(trained_model.vocab_size), _RowCounter(trained_model.vocab_size)
+    compacted = _search_with(trained_model, registry, compacting, weights, beam_size=k, nbest=k)(states, lengths)
+    full = _search_with(trained_model, registry, plain, weights, beam_size=k, nbest=k)(states, lengths)
+    for a, b in zip(compacted, full):  # float32 kernels may round differently at another batch size
+        _assert_same_hyps(a, b, atol=1e-5)
+    # the overfit model ends its utterances at different steps: the batch shrinks by whole utterances
+    assert plain.rows == [len(lengths) * k] * len(plain.rows)
+    assert compacting.rows[0] == len(lengths) * k and compacting.rows[-1] < compacting.rows[0]
+    assert all(r % k == 0 for r in compacting.rows) and compacting.rows == sorted(compacting.rows, reverse=True)
+    assert len(compacting.rows) == len(plain.rows)

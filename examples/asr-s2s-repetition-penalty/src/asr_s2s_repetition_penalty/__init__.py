@@ -104,6 +104,14 @@ class RepetitionPenalty(Scorer):
         run = torch.where(tokens == last, run + 1, torch.ones_like(run))
         return RunState(tokens.clone(), run)
 
+    def compact(self, state: RunState, rows: torch.Tensor) -> RunState:
+        """Keep only the hypotheses ``rows`` ``(M,)`` (search drops finished utterances).
+
+        Optional: without it the scorer still works, but search keeps
+        computing the rows of utterances that have ended.
+        """
+        return RunState(state.last[rows], state.run[rows])
+
 
 @hookimpl
 def asr_s2s_register_scorers() -> list[type]:
