@@ -66,11 +66,13 @@ def length_limits(state_lengths: torch.Tensor, options: SearchOptions) -> tuple[
 
 def _constrain(scores: torch.Tensor, step: int, min_len: torch.Tensor, max_len: torch.Tensor, eos: int) -> torch.Tensor:
     """Forbid ``<eos>`` before ``min_len`` and everything but ``<eos>`` at ``max_len``. ``scores``: ``(N, V)``."""
-    too_short = (step < min_len).unsqueeze(-1)
-    at_limit = (step >= max_len).unsqueeze(-1)
-    is_eos = torch.zeros_like(scores, dtype=torch.bool)
-    is_eos[:, eos] = True
-    return scores.masked_fill((too_short & is_eos) | (at_limit & ~is_eos), NEG_INF)
+    too_short, at_limit = step < min_len, step >= max_len  # (N,) each
+    if not bool(too_short.any() | at_limit.any()):  # most steps: nothing to mask, no (N, V) mask built
+        return scores
+    eos_scores = scores[:, eos].masked_fill(too_short, NEG_INF)
+    scores = scores.masked_fill(at_limit.unsqueeze(-1), NEG_INF)
+    scores[:, eos] = eos_scores
+    return scores
 
 
 @torch.inference_mode()

@@ -122,7 +122,7 @@ if run_stage 5 "$exp_dir/.sweep.done" "sweep ctc and lm weights on $sweep_utts d
   touch "$exp_dir/.sweep.done"
 fi
 
-# the best swept weights: for ctc alone, lm alone, and both (lowest dev WER, then CER)
+# the best swept weights: for ctc alone, lm alone, and both (lowest dev WER + CER)
 best() {  # best ctc|lm|both -> "CTC LM"
   python - "$exp_dir" "$1" <<'PY'
 import json, sys
@@ -134,8 +134,8 @@ for path in exp.glob("decode_sweep_ctc*_lm*.json"):
     if {"ctc": float(ctc) > 0 and float(lm) == 0, "lm": float(ctc) == 0 and float(lm) > 0,
         "both": float(ctc) > 0 and float(lm) > 0}[which]:
         r = json.loads(path.read_text())
-        runs.append((r["wer"], r["cer"], ctc, lm))
-print(*min(runs)[2:])
+        runs.append((r["wer"] + r["cer"], ctc, lm))
+print(*min(runs)[1:])
 PY
 }
 
