@@ -17,6 +17,7 @@ from asr_s2s.errors import ConfigError
 from asr_s2s.interfaces import Decoder, Scorer
 
 NEG_INF = float("-inf")
+COMPACT_FRACTION = 0.125  # share of a batch's utterances that must have stopped before their rows are dropped
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,9 @@ class BeamSearch:
                 done |= self._hopeless(running, [finished[u] for u in alive], step)
             if bool(done.all()):
                 break
-            if self.compacts and bool(done.any()):  # drop the stopped utterances' rows
+            # drop the stopped utterances' rows once they are an eighth of the batch: a compaction
+            # copies every state (encoder memory too), so it must not run at every step of a big batch
+            if self.compacts and int(done.sum()) >= max(1, COMPACT_FRACTION * b):
                 blocks = (~done).nonzero().squeeze(1)  # (b',)
                 kept = (blocks.unsqueeze(1) * k + beam_offsets).reshape(-1)  # (b' * K,)
                 scorer_states = {name: s.compact(scorer_states[name], kept) for name, s in self.scorers.items()}
