@@ -90,6 +90,17 @@ class Decoder(nn.Module, ABC):
         :returns: the initial search state.
         """
 
+    def init_beam_state(self, states: torch.Tensor, state_lengths: torch.Tensor, beam: int) -> dict[str, torch.Tensor]:
+        """Start decoding ``beam`` hypotheses per utterance: ``N = B * beam`` rows, utterance-major.
+
+        :param states: ``(B, T', D)`` encoder states, one row per utterance.
+        :param state_lengths: ``(B,)`` valid encoder frames.
+        :returns: a state for ``N`` hypotheses. The default repeats each utterance's
+            states ``beam`` times for :meth:`init_state`; a decoder may override it to
+            keep per-utterance memory once (search reads it ``beam`` times per step).
+        """
+        return self.init_state(states.repeat_interleave(beam, 0), state_lengths.repeat_interleave(beam))
+
     @abstractmethod
     def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Advance every hypothesis by one token.
@@ -113,9 +124,10 @@ class Decoder(nn.Module, ABC):
         """Keep only the hypotheses ``rows`` ``(M,)``, per-utterance memory included.
 
         Search calls this when utterances finish, so that their rows are no
-        longer computed. Unlike :meth:`select`, ``rows`` spans utterances: every
-        tensor with ``N`` rows (encoder memory too) must be gathered to ``M`` rows.
-        Optional: a decoder without it is still searched, just without compaction.
+        longer computed. ``rows`` (increasing) holds whole utterances' blocks of
+        hypotheses. Unlike :meth:`select`, it spans utterances: per-utterance
+        memory must be gathered too. Optional: a decoder without it is still
+        searched, just without compaction.
         """
         raise NotImplementedError
 
@@ -185,6 +197,17 @@ class Scorer(ABC):
         :param states: ``(N, T', D)`` encoder states, one row per hypothesis.
         :param state_lengths: ``(N,)`` valid encoder frames.
         """
+
+    def init_beam_state(self, states: torch.Tensor, state_lengths: torch.Tensor, beam: int) -> Any:
+        """Initial state for ``beam`` hypotheses per utterance, ``N = B * beam`` rows, utterance-major.
+
+        Search calls this one. The default repeats each utterance's rows ``beam``
+        times for :meth:`init_state`; override it to keep per-utterance data once.
+
+        :param states: ``(B, T', D)`` encoder states, one row per utterance.
+        :param state_lengths: ``(B,)`` valid encoder frames.
+        """
+        return self.init_state(states.repeat_interleave(beam, 0), state_lengths.repeat_interleave(beam))
 
     def score(self, prefix: torch.Tensor, state: Any, inputs: Mapping[str, Any] | None = None) -> tuple[torch.Tensor, Any]:
         """Full scorer: log-probabilities of every next token.

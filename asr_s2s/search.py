@@ -156,8 +156,7 @@ class BeamSearch:
         batch, k, vocab, device = states.shape[0], self.options.beam_size, self.vocab_size, states.device
         n = batch * k
         min_len, max_len = (t.repeat_interleave(k) for t in length_limits(state_lengths, self.options))
-        memory, memory_lengths = states.repeat_interleave(k, 0), state_lengths.repeat_interleave(k)
-        scorer_states = {name: s.init_state(memory, memory_lengths) for name, s in self.scorers.items()}
+        scorer_states = {name: s.init_beam_state(states, state_lengths, k) for name, s in self.scorers.items()}
         prefix = torch.full((n, 1), self.sos, dtype=torch.long, device=device)
         running = torch.full((batch, k), NEG_INF, dtype=torch.float64, device=device)
         running[:, 0] = 0.0  # all beams start identical: keep one

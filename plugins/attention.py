@@ -44,31 +44,40 @@ class Attention(nn.Module):
         query: torch.Tensor,
         previous: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attend once.
+        """Attend once, for ``N = B * K`` queries over ``B`` utterances (``K`` hypotheses each, utterance-major).
 
-        :param memory: ``(N, T', D)`` encoder states.
-        :param projected: ``(N, T', A)`` from :meth:`project_memory`.
-        :param mask: ``(N, T')`` True on valid frames.
+        Training has ``K = 1``; beam search keeps each utterance's memory once
+        and attends with its ``K`` hypotheses together.
+
+        :param memory: ``(B, T', D)`` encoder states.
+        :param projected: ``(B, T', A)`` from :meth:`project_memory`.
+        :param mask: ``(B, T')`` True on valid frames.
         :param query: ``(N, Q)`` decoder state.
         :param previous: ``(N, T')`` previous attention weights.
         :returns: context ``(N, D)`` and weights ``(N, T')``.
         """
-        n, frames, dim = projected.shape
-        query_term = self.query_proj(query).unsqueeze(1)  # (N, 1, A)
+        b, frames, dim = projected.shape
+        n = query.shape[0]
+        k = n // b
+        query_term = self.query_proj(query).view(b, k, 1, dim)
         if self.location:
             loc = self.conv(previous.unsqueeze(1)).transpose(1, 2).reshape(n * frames, -1)  # (N*T', C)
-            # one fused pass: W m + U (F * a_prev), written into a fresh (N, T', A) tensor
-            hidden = torch.addmm(projected.reshape(n * frames, dim), loc, self.location_proj.weight.t()).view(n, frames, dim)
+            if k == 1:  # one fused pass: W m + U (F * a_prev), written into a fresh (N, T', A) tensor
+                hidden = torch.addmm(projected.reshape(n * frames, dim), loc, self.location_proj.weight.t())
+                hidden = hidden.view(b, 1, frames, dim)
+            else:  # the (B, T', A) projection is read once per utterance, not once per hypothesis
+                hidden = torch.mm(loc, self.location_proj.weight.t()).view(b, k, frames, dim)
+                hidden = hidden + projected.unsqueeze(1) if torch.is_grad_enabled() else hidden.add_(projected.unsqueeze(1))
         else:
-            hidden = projected
+            hidden = projected.unsqueeze(1)  # (B, 1, T', A)
         if torch.is_grad_enabled() or not self.location:
             hidden = torch.tanh(hidden + query_term)
         else:  # search: update the fresh tensor in place; (N, T', A) passes dominate a step
             hidden = hidden.add_(query_term).tanh_()
-        energies = self.energy(hidden).squeeze(-1)
-        weights = torch.softmax(energies.masked_fill(~mask, float("-inf")), dim=-1)
-        context = torch.bmm(weights.unsqueeze(1), memory).squeeze(1)
-        return context, weights
+        energies = self.energy(hidden).squeeze(-1)  # (B, K, T')
+        weights = torch.softmax(energies.masked_fill(~mask.unsqueeze(1), float("-inf")), dim=-1)
+        context = torch.bmm(weights, memory)  # (B, K, D)
+        return context.view(n, -1), weights.view(n, frames)
 
 
 class AttentionDecoder(Decoder):
@@ -138,6 +147,18 @@ class AttentionDecoder(Decoder):
             "attention": mask.to(states.dtype) / mask.sum(-1, keepdim=True).clamp_min(1).to(states.dtype),
         }
 
+    def init_beam_state(self, states: torch.Tensor, state_lengths: torch.Tensor, beam: int) -> dict[str, torch.Tensor]:
+        """``beam`` hypotheses per utterance; memory, its projection and mask stay ``(B, ...)``."""
+        state = self.init_state(states, state_lengths)
+        if beam == 1:
+            return state
+        return dict(
+            state,
+            h=state["h"].repeat_interleave(beam, 1),
+            c=state["c"].repeat_interleave(beam, 1),
+            attention=state["attention"].repeat_interleave(beam, 0),
+        )
+
     def _advance(self, embedded: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One step from embedded tokens ``(N, E)``; returns logits ``(N, V)``."""
         context, weights = self.attention(state["memory"], state["projected"], state["mask"], state["h"][-1], state["attention"])
@@ -165,8 +186,17 @@ class AttentionDecoder(Decoder):
         )
 
     def compact(self, state: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Keep hypotheses ``rows`` ``(M,)``: memory, projection, mask and attention on dim 0, ``h``/``c`` on dim 1."""
-        return {key: value.index_select(1 if key in ("h", "c") else 0, rows) for key, value in state.items()}
+        """Keep hypotheses ``rows`` ``(M,)`` (whole utterances' blocks) and those utterances' memory."""
+        beam = state["h"].shape[1] // state["memory"].shape[0]
+        utterances = rows.view(-1, beam)[:, 0] // beam
+        per_utterance = {key: state[key].index_select(0, utterances) for key in ("memory", "projected", "mask")}
+        return dict(
+            state,
+            **per_utterance,
+            h=state["h"].index_select(1, rows),
+            c=state["c"].index_select(1, rows),
+            attention=state["attention"].index_select(0, rows),
+        )
 
     def forward(
         self,

@@ -276,6 +276,11 @@ class HotwordsScorer(Scorer):
         self._tables(states.device)
         return HotwordsState(torch.full((states.shape[0],), ROOT, dtype=torch.long, device=states.device))
 
+    def init_beam_state(self, states: torch.Tensor, state_lengths: torch.Tensor, beam: int) -> HotwordsState:
+        """The root state for ``B * beam`` hypotheses (``states`` ``(B, T', D)``)."""
+        self._tables(states.device)
+        return HotwordsState(torch.full((states.shape[0] * beam,), ROOT, dtype=torch.long, device=states.device))
+
     def score(self, prefix: torch.Tensor, state: HotwordsState) -> tuple[torch.Tensor, HotwordsState]:
         """Score every next token of every hypothesis.
 

@@ -84,6 +84,9 @@ class LMScorer(Scorer):
         """The LM state before ``<sos>`` for ``N`` rows (the encoder states give only N and the device)."""
         return self.lm.init_state(states.shape[0], states.device)
 
+    def init_beam_state(self, states: torch.Tensor, state_lengths: torch.Tensor, beam: int) -> dict[str, torch.Tensor]:
+        return self.lm.init_state(states.shape[0] * beam, states.device)
+
     def score(self, prefix: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Feed each hypothesis's last token ``prefix[:, -1]``; :returns: ``(N, V)`` and the new state."""
         return self.lm.step(prefix[:, -1], state)

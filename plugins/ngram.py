@@ -406,8 +406,14 @@ class NgramScorer(Scorer):
 
     def init_state(self, states: torch.Tensor, state_lengths: torch.Tensor) -> NgramState:
         """The sentence-start state for ``N`` rows. ``states``: ``(N, T', D)``; ``state_lengths``: ``(N,)``."""
-        self._to(states.device)
-        history = torch.full((states.shape[0],), self.tables.start, dtype=torch.long, device=states.device)
+        return self._start(states.shape[0], states.device)
+
+    def init_beam_state(self, states: torch.Tensor, state_lengths: torch.Tensor, beam: int) -> NgramState:
+        return self._start(states.shape[0] * beam, states.device)
+
+    def _start(self, n: int, device: torch.device) -> NgramState:
+        self._to(device)
+        history = torch.full((n,), self.tables.start, dtype=torch.long, device=device)
         return NgramState(history, torch.full_like(history, ROOT) if self.unit == "word" else None)
 
     def score(self, prefix: torch.Tensor, state: NgramState) -> tuple[torch.Tensor, NgramState]:

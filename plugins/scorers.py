@@ -30,6 +30,9 @@ class DecoderScorer(Scorer):
     def init_state(self, states: torch.Tensor, state_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.decoder.init_state(states, state_lengths)
 
+    def init_beam_state(self, states: torch.Tensor, state_lengths: torch.Tensor, beam: int) -> dict[str, torch.Tensor]:
+        return self.decoder.init_beam_state(states, state_lengths, beam)
+
     def score(self, prefix: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.decoder.step(prefix[:, -1], state)
 
@@ -57,6 +60,9 @@ class LengthBonus(Scorer):
         return cls(model.vocab_size)
 
     def init_state(self, states: torch.Tensor, state_lengths: torch.Tensor) -> None:
+        return None
+
+    def init_beam_state(self, states: torch.Tensor, state_lengths: torch.Tensor, beam: int) -> None:
         return None
 
     def score(self, prefix: torch.Tensor, state: None) -> tuple[torch.Tensor, None]:
@@ -99,6 +105,11 @@ class CoverageScorer(Scorer):
     def init_state(self, states: torch.Tensor, state_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cumulative attention ``(N, T')`` and covered frames ``(N,)``, all zero."""
         n, frames = states.shape[:2]
+        return states.new_zeros(n, frames), states.new_zeros(n)
+
+    def init_beam_state(self, states: torch.Tensor, state_lengths: torch.Tensor, beam: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`init_state` for ``B * beam`` rows, without repeating ``states`` ``(B, T', D)``."""
+        n, frames = states.shape[0] * beam, states.shape[1]
         return states.new_zeros(n, frames), states.new_zeros(n)
 
     def score(

@@ -75,6 +75,32 @@ def test_select_gathers_hypotheses():
     torch.testing.assert_close(logp_selected, logp_fresh, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("kind", ["location", "content"])
+def test_beam_state_keeps_memory_once_and_equals_repeated_rows(kind):
+    """``init_beam_state`` keeps each utterance's memory once; its steps, select and
+    compact equal those of ``init_state`` on every utterance's states repeated per hypothesis."""
+    decoder, beam = _decoder(kind), 3
+    states, lens = _memory([7, 4, 9])
+    grouped = decoder.init_beam_state(states, lens, beam)
+    repeated = decoder.init_state(states.repeat_interleave(beam, 0), lens.repeat_interleave(beam))
+    assert grouped["memory"].shape[0] == 3 and repeated["memory"].shape[0] == 9
+    tokens = _tokens(9, 4, seed=1)
+    index = torch.tensor([1, 1, 0, 5, 3, 4, 8, 8, 6])  # survivors stay within their utterance
+    with torch.inference_mode():
+        for u in range(tokens.shape[1]):
+            logp_g, grouped = decoder.step(tokens[:, u], grouped)
+            logp_r, repeated = decoder.step(tokens[:, u], repeated)
+            torch.testing.assert_close(logp_g, logp_r, atol=1e-5, rtol=0)
+            torch.testing.assert_close(grouped["attention"], repeated["attention"], atol=1e-6, rtol=0)
+            grouped, repeated = decoder.select(grouped, index), decoder.select(repeated, index)
+        rows = torch.tensor([0, 1, 2, 6, 7, 8])  # drop the second utterance
+        grouped, repeated = decoder.compact(grouped, rows), decoder.compact(repeated, rows)
+        assert grouped["memory"].shape[0] == 2
+        logp_g, _ = decoder.step(tokens[rows, 0], grouped)
+        logp_r, _ = decoder.step(tokens[rows, 0], repeated)
+    torch.testing.assert_close(logp_g, logp_r, atol=1e-5, rtol=0)
+
+
 def test_decoding_is_padding_invariant():
     decoder = _decoder()
     states, lens = _memory([5, 11, 8])
