@@ -49,16 +49,26 @@ LOG_ZERO = -1.0e4
 
 @dataclass(frozen=True)
 class CTCFrames:
-    """Per-row frame scores, fixed for a search (rows of one utterance are identical).
+    """Frame scores, fixed for a search, held once per utterance: hypothesis row ``n`` reads frame row ``n // beam``.
 
-    :ivar logp: ``(N, V, T')`` CTC log-probabilities, ``LOG_ZERO`` on padding frames.
-    :ivar blank_cum: ``(N, T'+1)`` cumulative blank log-probability from frame 0.
-    :ivar lengths: ``(N,)`` valid frames.
+    :ivar logp: ``(N / beam, V, T')`` CTC log-probabilities, ``LOG_ZERO`` on padding frames.
+    :ivar blank_cum: ``(N / beam, T'+1)`` cumulative blank log-probability from frame 0.
+    :ivar lengths: ``(N,)`` valid frames of each hypothesis row.
+    :ivar beam: hypotheses per utterance (1 when built by ``init_state``).
     """
 
     logp: torch.Tensor
     blank_cum: torch.Tensor
     lengths: torch.Tensor
+    beam: int = 1
+
+    def gather(self, candidates: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities ``(N, K, T')`` of ``candidates`` ``(N, K)`` at every frame."""
+        n, k = candidates.shape
+        utterances, frames = self.logp.shape[0], self.logp.shape[-1]
+        logp = self.logp.unsqueeze(1).expand(utterances, self.beam, -1, frames)
+        index = candidates.view(utterances, self.beam, k, 1).expand(-1, -1, -1, frames)
+        return logp.gather(2, index).view(n, k, frames)
 
 
 @dataclass(frozen=True)
@@ -108,19 +118,28 @@ class CTCPrefixScorer(Scorer):
 
         :param states: ``(N, T', D)``; :param state_lengths: ``(N,)``.
         """
-        n, frames = states.shape[:2]
-        logp = self.model.ctc_log_probs(states).double().clamp_min(LOG_ZERO)  # (N, T', V)
+        return self.init_beam_state(states, state_lengths, 1)
+
+    def init_beam_state(self, states: torch.Tensor, state_lengths: torch.Tensor, beam: int) -> CTCState:
+        """As :meth:`init_state` for ``beam`` hypotheses per utterance; frame scores are kept once per utterance.
+
+        :param states: ``(B, T', D)``; :param state_lengths: ``(B,)``.
+        """
+        utterances, frames = states.shape[:2]
+        n = utterances * beam
+        logp = self.model.ctc_log_probs(states).double().clamp_min(LOG_ZERO)  # (B, T', V)
         valid = torch.arange(frames, device=states.device).unsqueeze(0) < state_lengths.unsqueeze(1)
         logp = logp.masked_fill(~valid.unsqueeze(-1), LOG_ZERO)
-        logp = logp.transpose(1, 2).contiguous()  # (N, V, T')
+        logp = logp.transpose(1, 2).contiguous()  # (B, V, T')
         # cumulative blank log-probability, B[t] = sum_{s<=t} log y_blank[s], B[0] = 0
-        blank_cum = _cumsum_from_zero(logp[:, self.blank])  # (N, T'+1)
-        r = torch.full((n, 2, frames + 1), NEG_INF, dtype=torch.float64, device=states.device)
+        blank_cum = _cumsum_from_zero(logp[:, self.blank])  # (B, T'+1)
+        r = torch.full((utterances, 2, frames + 1), NEG_INF, dtype=torch.float64, device=states.device)
         r[:, 1] = blank_cum  # the empty prefix: all blanks so far
         r[:, 1, 1:] = r[:, 1, 1:].masked_fill(~valid, NEG_INF)
         zeros = torch.zeros(n, dtype=torch.float64, device=states.device)
         start = torch.full((n,), self.eos, dtype=torch.long, device=states.device)
-        return CTCState(CTCFrames(logp, blank_cum, state_lengths.to(states.device)), r, zeros, start)
+        lengths = state_lengths.to(states.device).repeat_interleave(beam)
+        return CTCState(CTCFrames(logp, blank_cum, lengths, beam), r.repeat_interleave(beam, 0), zeros, start)
 
     def score_partial(self, prefix: torch.Tensor, candidates: torch.Tensor, state: CTCState) -> tuple[torch.Tensor, CTCState]:
         """Score ``(N, K)`` candidate tokens; ``prefix`` ``(N, L)`` is implied by ``state``.
@@ -136,8 +155,7 @@ class CTCPrefixScorer(Scorer):
         either = torch.logaddexp(r_n, r_b)
         repeat = (candidates == state.last.unsqueeze(1)).unsqueeze(-1)  # (N, K, 1)
         phi = torch.where(repeat, r_b.unsqueeze(1), either.unsqueeze(1))  # (N, K, T'+1)
-        frames = state.frames.logp.shape[-1]
-        y_c = state.frames.logp.gather(1, candidates.unsqueeze(-1).expand(n, k, frames))  # (N, K, T')
+        y_c = state.frames.gather(candidates)  # (N, K, T')
         psi = torch.logsumexp(phi[..., :-1] + y_c, dim=-1)  # (N, K)
         # <eos>: the probability of exactly this prefix over the whole utterance
         full = either.gather(1, state.frames.lengths.view(n, 1))  # (N, 1)
@@ -155,7 +173,9 @@ class CTCPrefixScorer(Scorer):
 
     def compact(self, state: CTCState, rows: torch.Tensor) -> CTCState:
         """Keep hypotheses ``rows`` ``(M,)``, their frame scores included."""
-        frames = CTCFrames(state.frames.logp[rows], state.frames.blank_cum[rows], state.frames.lengths[rows])
+        f = state.frames
+        utterances = torch.div(rows.view(-1, f.beam)[:, 0], f.beam, rounding_mode="floor")
+        frames = CTCFrames(f.logp[utterances], f.blank_cum[utterances], f.lengths[rows], f.beam)
         return CTCState(frames, state.r[rows], state.psi[rows], state.last[rows])
 
 
@@ -164,11 +184,12 @@ def _extend(frames: CTCFrames, r: torch.Tensor, last: torch.Tensor, tokens: torc
     ``(M,)``, ``tokens`` ``c`` ``(M,)``, and the frame rows ``(M,)`` they read. :returns: ``(M, 2, T'+1)``."""
     r_n, r_b = r[:, 0], r[:, 1]
     phi = torch.where((tokens == last).unsqueeze(1), r_b, torch.logaddexp(r_n, r_b))  # (M, T'+1)
-    y_c = frames.logp[rows, tokens]  # (M, T')
+    utterances = torch.div(rows, frames.beam, rounding_mode="floor")
+    y_c = frames.logp[utterances, tokens]  # (M, T')
     cum_c = _cumsum_from_zero(y_c)  # (M, T'+1)
     start = torch.full_like(cum_c[:, :1], NEG_INF)  # frame 0: nothing emitted yet
     new_n = torch.cat([start, cum_c[:, 1:] + torch.logcumsumexp(phi[:, :-1] - cum_c[:, :-1], dim=-1)], dim=1)
-    cum_b = frames.blank_cum[rows]  # (M, T'+1)
+    cum_b = frames.blank_cum[utterances]  # (M, T'+1)
     new_b = torch.cat([start, cum_b[:, 1:] + torch.logcumsumexp(new_n[:, :-1] - cum_b[:, :-1], dim=-1)], dim=1)
     return torch.stack([new_n, new_b], dim=1)
 
