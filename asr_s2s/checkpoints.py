@@ -86,6 +86,21 @@ def read_checkpoint(path: str | os.PathLike, required: Iterable[str] = (), mmap:
     return state
 
 
+def load_training_state(path: str | os.PathLike, state: dict[str, Any], what: str, **parts: Any) -> None:
+    """Load ``state[name]`` into each of ``parts`` (modules, optimizers, schedulers: anything with ``load_state_dict``).
+
+    :param path: the checkpoint ``state`` was read from, for the error.
+    :param what: what the parts were built from, e.g. "the model built from --config".
+    :raises CheckpointError: naming the file, if a part's saved state does not fit it.
+    """
+    try:
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        detail = str(exc).split("\n", 1)[-1].strip()
+        raise CheckpointError(f"{path}: does not match {what}: {detail}") from None
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0].split(". ")[0] if text else "no detail"

@@ -25,7 +25,7 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
 from asr_s2s.config import load_config
-from asr_s2s.checkpoints import read_checkpoint, write_checkpoint
+from asr_s2s.checkpoints import load_training_state, read_checkpoint, write_checkpoint
 from asr_s2s.errors import CheckpointError, ConfigError, ManifestError, TokenizerError
 from asr_s2s.interfaces import LanguageModel
 from asr_s2s.tokenizer import CharTokenizer, normalize_text
@@ -177,13 +177,9 @@ class LMTrainer:
         checkpoint = self.exp_dir / CHECKPOINT
         if resume and checkpoint.is_file():
             state = read_checkpoint(checkpoint, required=("lm", "optimizer", "scheduler", "epoch", "step"))
-            try:
-                self.lm.load_state_dict(state["lm"])
-                self.optimizer.load_state_dict(state["optimizer"])
-                self.scheduler.load_state_dict(state["scheduler"])
-            except (RuntimeError, ValueError, KeyError) as exc:
-                detail = str(exc).split("\n", 1)[-1].strip()
-                raise CheckpointError(f"{checkpoint}: does not match the language model of --config: {detail}") from None
+            load_training_state(
+                checkpoint, state, "the language model of --config", lm=self.lm, optimizer=self.optimizer, scheduler=self.scheduler
+            )
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
             log.info("resumed from %s (epoch %d)", checkpoint, self.epoch)
         elif checkpoint.is_file():

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from asr_s2s import distributed
-from asr_s2s.checkpoints import read_checkpoint, write_checkpoint
+from asr_s2s.checkpoints import load_training_state, read_checkpoint, write_checkpoint
 from asr_s2s.config import TrainConfig
 from asr_s2s.errors import CheckpointError, ConfigError, TrainingError
 from asr_s2s.dataset import SpeechDataset, make_loader
@@ -236,13 +236,9 @@ class Trainer:
         state = read_checkpoint(
             path, required=("model", "optimizer", "scheduler", "epoch", "step", "torch_rng", "numpy_rng", "python_rng")
         )
-        try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            detail = str(exc).split("\n", 1)[-1].strip()
-            raise CheckpointError(f"{path}: does not match the model built from --config: {detail}") from None
+        load_training_state(
+            path, state, "the model built from --config", model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
+        )
         try:
             torch.set_rng_state(state["torch_rng"])
             if torch.cuda.is_available():  # as many GPUs as both runs have
