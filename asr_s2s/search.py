@@ -166,13 +166,14 @@ class BeamSearch:
         alive = list(range(batch))
         done = torch.zeros(batch, dtype=torch.bool, device=device)
         beam_offsets = torch.arange(k, device=device)
+        base = (torch.arange(batch, device=device) * k).unsqueeze(1)  # (B, 1): first row of each block
 
         for step in range(int(max_len.max()) + 1):
             b, n = len(alive), len(alive) * k
             step_scores, new_states, total = self._score(prefix, scorer_states, step, min_len, max_len)
             candidates = (running.reshape(n, 1) + total).reshape(b, k * vocab)
             top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)  # (b, 2K)
-            source = (torch.arange(b, device=device) * k).unsqueeze(1) + torch.div(top_index, vocab, rounding_mode="floor")
+            source = base[:b] + torch.div(top_index, vocab, rounding_mode="floor")
             token = top_index % vocab  # (b, 2K); source: their flat parent rows
             ends = (token == self.eos) & torch.isfinite(top_scores) & ~done.unsqueeze(1)
             ends[:, k:] = False

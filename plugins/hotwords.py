@@ -273,8 +273,7 @@ class HotwordsScorer(Scorer):
         :param state_lengths: ``(N,)`` valid encoder frames (unused).
         :returns: node ``(N,)`` zeros on ``states.device``.
         """
-        self._tables(states.device)
-        return HotwordsState(torch.full((states.shape[0],), ROOT, dtype=torch.long, device=states.device))
+        return self.init_beam_state(states, state_lengths, 1)
 
     def init_beam_state(self, states: torch.Tensor, state_lengths: torch.Tensor, beam: int) -> HotwordsState:
         """The root state for ``B * beam`` hypotheses (``states`` ``(B, T', D)``)."""

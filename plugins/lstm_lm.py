@@ -82,7 +82,7 @@ class LMScorer(Scorer):
 
     def init_state(self, states: torch.Tensor, state_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
         """The LM state before ``<sos>`` for ``N`` rows (the encoder states give only N and the device)."""
-        return self.lm.init_state(states.shape[0], states.device)
+        return self.init_beam_state(states, state_lengths, 1)
 
     def init_beam_state(self, states: torch.Tensor, state_lengths: torch.Tensor, beam: int) -> dict[str, torch.Tensor]:
         return self.lm.init_state(states.shape[0] * beam, states.device)

@@ -406,14 +406,12 @@ class NgramScorer(Scorer):
 
     def init_state(self, states: torch.Tensor, state_lengths: torch.Tensor) -> NgramState:
         """The sentence-start state for ``N`` rows. ``states``: ``(N, T', D)``; ``state_lengths``: ``(N,)``."""
-        return self._start(states.shape[0], states.device)
+        return self.init_beam_state(states, state_lengths, 1)
 
     def init_beam_state(self, states: torch.Tensor, state_lengths: torch.Tensor, beam: int) -> NgramState:
-        return self._start(states.shape[0] * beam, states.device)
-
-    def _start(self, n: int, device: torch.device) -> NgramState:
-        self._to(device)
-        history = torch.full((n,), self.tables.start, dtype=torch.long, device=device)
+        """The sentence-start state for ``B * beam`` rows (``states`` ``(B, T', D)``)."""
+        self._to(states.device)
+        history = torch.full((states.shape[0] * beam,), self.tables.start, dtype=torch.long, device=states.device)
         return NgramState(history, torch.full_like(history, ROOT) if self.unit == "word" else None)
 
     def score(self, prefix: torch.Tensor, state: NgramState) -> tuple[torch.Tensor, NgramState]:

@@ -104,8 +104,7 @@ class CoverageScorer(Scorer):
 
     def init_state(self, states: torch.Tensor, state_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cumulative attention ``(N, T')`` and covered frames ``(N,)``, all zero."""
-        n, frames = states.shape[:2]
-        return states.new_zeros(n, frames), states.new_zeros(n)
+        return self.init_beam_state(states, state_lengths, 1)
 
     def init_beam_state(self, states: torch.Tensor, state_lengths: torch.Tensor, beam: int) -> tuple[torch.Tensor, torch.Tensor]:
         """As :meth:`init_state` for ``B * beam`` rows, without repeating ``states`` ``(B, T', D)``."""
