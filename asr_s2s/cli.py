@@ -82,6 +82,8 @@ def _decode_config(args, base):
     changes["scorers"], changes["scorer_params"] = scorers, params
     if args.batch_seconds is not None:
         changes["batch_seconds"] = args.batch_seconds
+    if args.precision is not None:
+        changes["precision"] = args.precision
     return dataclasses.replace(base, **changes)
 
 
@@ -385,6 +387,8 @@ def _transcribe_options(args, base):
         changes["beam_size"] = args.beam_size
     if args.batch_seconds is not None:
         changes["batch_seconds"] = args.batch_seconds
+    if args.precision is not None:
+        changes["precision"] = args.precision
     if args.max_segment_seconds is not None:
         changes["max_segment_s"] = args.max_segment_seconds
     changes["attention"] = bool(args.plot_attention)
@@ -645,6 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("--hotword", action="append", metavar="PHRASE",
                         help="phrase to boost with the 'hotwords' scorer (repeatable; give --scorer hotwords=WEIGHT)")
     decode.add_argument("--batch-seconds", type=float, help="padded audio seconds decoded together")
+    decode.add_argument("--precision", choices=["fp32", "bf16"],
+                        help="bf16: run the encoder under bf16 autocast, about 2x faster on GPUs and on CPUs with "
+                             "AMX (slower on CPUs without bf16 units); the search stays fp32 (default: the model's, fp32)")
     decode.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     decode.add_argument("--threads", type=int,
                         help="torch intra-op threads (default: torch's choice; 1 is fastest when other processes "

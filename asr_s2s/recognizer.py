@@ -71,10 +71,20 @@ class Recognizer:
         self.search = None if self.greedy else BeamSearch(scorers, self.options, tok.sos_id, tok.eos_id, model.vocab_size)
 
     @torch.inference_mode()
+    def encode(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode raw features ``(B, T, F)`` with lengths ``(B,)`` at ``decode.precision``.
+
+        :returns: fp32 states ``(B, T', D)`` and their lengths ``(B,)``, on this recognizer's device.
+        """
+        bf16 = self.decode.precision == "bf16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            states, state_lengths = self.model.encode(feats.to(self.device), lengths.to(self.device))
+        return states.float(), state_lengths
+
+    @torch.inference_mode()
     def decode_features(self, feats: torch.Tensor, lengths: torch.Tensor, ids: Sequence[str]) -> list[Recognition]:
         """Decode a padded batch of raw features ``(B, T, F)`` with lengths ``(B,)``."""
-        states, state_lengths = self.model.encode(feats.to(self.device), lengths.to(self.device))
-        return self.decode_states(states, state_lengths, ids)
+        return self.decode_states(*self.encode(feats, lengths), ids)
 
     @torch.inference_mode()
     def decode_states(self, states: torch.Tensor, state_lengths: torch.Tensor, ids: Sequence[str]) -> list[Recognition]:

@@ -95,6 +95,7 @@ class TranscribeOptions:
     ``{"coverage": {"threshold": 0.5}}``, ``{"hotwords": {"phrases_file": "names.txt"}}``;
     ``lm`` and ``hotwords`` are shortcuts for ``scorer_params["lm"]["path"]`` and
     ``scorer_params["hotwords"]["phrases"]``. ``end_margin`` ``math.inf`` turns end detection off.
+    ``precision`` "bf16" runs the encoder under bf16 autocast (see ``DecodeConfig.precision``).
 
     Long audio: segments are at most ``max_segment_s`` seconds; pauses of
     ``min_pause_s`` separate them. ``word_timestamps``: None for "when the model
@@ -113,6 +114,7 @@ class TranscribeOptions:
     end_margin: float = 10.0
     pre_beam_ratio: float = 1.5
     batch_seconds: float = 600.0
+    precision: str = "fp32"
     max_segment_s: float = MAX_SEGMENT_S
     min_pause_s: float = MIN_PAUSE_S
     word_timestamps: bool | None = None
@@ -126,6 +128,7 @@ class TranscribeOptions:
         if not self.batch_seconds > 0:
             raise ConfigError(f"batch_seconds must be positive, got {self.batch_seconds}")
         self.search_options()
+        self.decode_config()  # checks precision
         self.vad_options()
         for name, flag in (("lm", self.lm), ("hotwords", self.hotwords)):
             if flag and self.scorers.get(name, 0.0) <= 0:
@@ -139,7 +142,7 @@ class TranscribeOptions:
             max_length_ratio=decode.max_length_ratio, min_length_ratio=decode.min_length_ratio,
             length_normalize=decode.length_normalize,
             end_margin=math.inf if decode.end_margin is None else decode.end_margin,
-            pre_beam_ratio=decode.pre_beam_ratio, batch_seconds=decode.batch_seconds,
+            pre_beam_ratio=decode.pre_beam_ratio, batch_seconds=decode.batch_seconds, precision=decode.precision,
         )
 
     def decode_config(self) -> DecodeConfig:
@@ -154,7 +157,7 @@ class TranscribeOptions:
             max_length_ratio=self.max_length_ratio, min_length_ratio=self.min_length_ratio,
             length_normalize=self.length_normalize, nbest=1,
             end_margin=None if math.isinf(self.end_margin) else self.end_margin,
-            pre_beam_ratio=self.pre_beam_ratio, batch_seconds=self.batch_seconds,
+            pre_beam_ratio=self.pre_beam_ratio, batch_seconds=self.batch_seconds, precision=self.precision,
         )
 
     def search_options(self) -> SearchOptions:
@@ -279,6 +282,7 @@ class Transcriber:
         end_margin: float | None = None,
         pre_beam_ratio: float | None = None,
         batch_seconds: float | None = None,
+        precision: str | None = None,
         max_segment_s: float | None = None,
         min_pause_s: float | None = None,
         word_timestamps: bool | None = None,
@@ -300,7 +304,7 @@ class Transcriber:
                 ("beam_size", beam_size), ("lm", lm), ("max_length_ratio", max_length_ratio),
                 ("min_length_ratio", min_length_ratio), ("length_normalize", length_normalize),
                 ("end_margin", end_margin), ("pre_beam_ratio", pre_beam_ratio), ("batch_seconds", batch_seconds),
-                ("max_segment_s", max_segment_s), ("min_pause_s", min_pause_s),
+                ("precision", precision), ("max_segment_s", max_segment_s), ("min_pause_s", min_pause_s),
                 ("word_timestamps", word_timestamps), ("attention", attention),
             ) if value is not None
         }
@@ -396,8 +400,7 @@ class Transcriber:
         """Decode segments as one padded batch and store each one's :class:`Segment` in its file."""
         feats = [fbank(p.segment.samples) for p in pieces]
         lengths = torch.tensor([f.shape[0] for f in feats])
-        padded = pad_sequence(feats, batch_first=True).to(self.device)
-        states, state_lengths = self.model.encode(padded, lengths.to(self.device))
+        states, state_lengths = recognizer.encode(pad_sequence(feats, batch_first=True), lengths)
         results = recognizer.decode_states(states, state_lengths, [f"{p.file.input.name}#{p.index}" for p in pieces])
         ctc = self.model.ctc_log_probs(states) if want_words else None
         for b, (piece, result) in enumerate(zip(pieces, results)):

@@ -17,6 +17,10 @@ With --model and --manifest: a trained package decodes a test set (say the
 bundled test split) with beam 10 and ``decoder`` + ``ctc`` 0.3 (+ ``lm`` 0.3
 with --lm), in duration-bucketed batches of --batch-seconds and one utterance
 at a time, against batched greedy decoding.
+
+Unless --no-bf16, the batched rows are timed again with ``decode.precision``
+"bf16": the encoder under bf16 autocast, the search in fp32. That pays on
+CPUs with AMX (Sapphire Rapids and later) and on CUDA.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from asr_s2s.plugins import Registry
 from asr_s2s.recognizer import Recognizer
 
 FRAMES_PER_SECOND = 100
+BF16 = ", bf16 encoder"  # label suffix of the rows decoded with decode.precision "bf16"
 # Real-time factors of the peers on the reference setting, measured on this machine (scorer issue).
 PEERS = {
     "beam 10 + ctc 0.3, one at a time": {"ESPnet": 0.44, "SpeechBrain": 0.17},
@@ -92,7 +97,7 @@ def report(title: str, rows: dict[str, float], base: str, peers: dict | None = N
     print(f"\n{title}:")
     for label, value in rows.items():
         line = f"  {label:36s} RTF {value:.4f}   {rows[base] and value / rows[base]:5.2f}x the time of '{base}'"
-        for peer, figure in (peers or {}).get(label, {}).items():
+        for peer, figure in (peers or {}).get(label.removesuffix(BF16), {}).items():
             line += f"   {peer} {figure:.3f} ({figure / value:.1f}x slower)"
         print(line)
 
@@ -112,6 +117,9 @@ def reference(args, registry: Registry) -> None:
         setups = [("greedy, batch", greedy, True), (f"beam {k}, batch", beam, True), (f"beam {k}, one at a time", beam, False)]
         if model.ctc is not None:
             setups += [(f"beam {k} + ctc 0.3, batch", ctc, True), (f"beam {k} + ctc 0.3, one at a time", ctc, False)]
+        bf16 = [(label + BF16, dataclasses.replace(cfg, precision="bf16"), batched)
+                for label, cfg, batched in setups if batched]
+        setups += bf16 if args.bf16 else []
         rows = {
             label: rtf(Recognizer(model, cfg, registry), items, batches(items, None) if batched else None, args.repeats)
             for label, cfg, batched in setups
@@ -138,6 +146,10 @@ def trained(args, registry: Registry) -> None:
         f"beam {args.beam_size}, {name}, batch": rtf(Recognizer(model, beam, registry), items, grouped, args.repeats),
         f"beam {args.beam_size}, {name}, one at a time": rtf(Recognizer(model, beam, registry), items, None, args.repeats),
     }
+    if args.bf16:
+        for label, cfg in (("greedy, batch", greedy), (f"beam {args.beam_size}, {name}, batch", beam)):
+            recognizer = Recognizer(model, dataclasses.replace(cfg, precision="bf16"), registry)
+            rows[label + BF16] = rtf(recognizer, items, grouped, args.repeats)
     report(f"batches of at most {args.batch_seconds:g} padded seconds", rows, f"beam {args.beam_size}, {name}, batch")
 
 
@@ -153,6 +165,9 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=10.0)
     parser.add_argument("--beam-size", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the batched rows with the encoder under bf16 autocast "
+                             "(decode.precision: bf16; fast with AMX or on CUDA)")
     args = parser.parse_args()
     if bool(args.model) != bool(args.manifest):
         parser.error("--model and --manifest go together")

@@ -295,6 +295,23 @@ def test_transcribe_other_formats(run_cli, trained_package, fixture_utterances, 
         assert re.fullmatch(r"[A-Z' ]*", line.split("\t")[1])
 
 
+def test_precision_bf16_transcribes_and_evaluates_like_fp32(run_cli, trained_package, fixture_utterances, tmp_path):
+    """--precision bf16 (encoder under bf16 autocast) on both decoding commands; a bad value is a usage error."""
+    files = [u.audio for u in fixture_utterances[:3]]
+    outputs = {}
+    for precision in ("fp32", "bf16"):
+        code, out, err = run_cli("transcribe", "--model", trained_package, *files, "--precision", precision, "--quiet")
+        assert code == 0, err
+        code, result, err = run_cli("evaluate", "--model", trained_package, "--data-dir", FIXTURE_DIR, "--json",
+                                    "--output-dir", tmp_path / precision, "--num-workers", "0", "--precision", precision,
+                                    "--quiet")
+        assert code == 0, err
+        outputs[precision] = (out, json.loads(result)["cer"])
+    assert outputs["bf16"] == outputs["fp32"]
+    code, _, err = run_cli("transcribe", "--model", trained_package, *files, "--precision", "fp16")
+    assert code == 2 and "--precision" in err
+
+
 def test_console_script_separates_results_from_logs(robust_package, fixture_utterances, tmp_path):
     """The installed `asr-s2s` script, for real: results on stdout, the error on stderr, exit 1."""
     exe = shutil.which("asr-s2s", path=str(Path(sys.executable).parent))

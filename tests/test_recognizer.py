@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import torch
 import pytest
 
 from asr_s2s.audio import load_audio
@@ -97,3 +98,23 @@ def test_all_silence_transcribes_to_empty_text(trained_package, registry, tmp_pa
     soundfile.write(path, np.zeros(3 * 16_000, np.int16), 16_000)
     result = load_model(trained_package, registry=registry).transcribe(path)
     assert result.text == "" and not result.segments
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_bf16_encoder_gives_fp32_states_and_the_same_transcripts(trained_model, registry, fixture_batch, beam_size):
+    exact = _recognizer(trained_model, registry, beam_size=beam_size)
+    fast = _recognizer(trained_model, registry, beam_size=beam_size, precision="bf16")
+    states, lengths = exact.encode(fixture_batch.feats, fixture_batch.feat_lengths)
+    bf16_states, bf16_lengths = fast.encode(fixture_batch.feats, fixture_batch.feat_lengths)
+    assert bf16_states.dtype == states.dtype == torch.float32
+    assert torch.equal(bf16_lengths, lengths)
+    assert ((bf16_states - states).norm() / states.norm()).item() < 0.05  # bf16 keeps ~3 significant digits
+    texts = [r.text for r in fast.decode_batch(fixture_batch)]
+    assert texts == [r.text for r in exact.decode_batch(fixture_batch)]
+    if beam_size == 1:  # the overfit model's greedy transcripts are exact
+        assert texts == list(fixture_batch.texts)
+
+
+def test_unknown_precision_is_an_error():
+    with pytest.raises(ConfigError, match="decode.precision must be 'bf16' or 'fp32', got 'fp16'"):
+        DecodeConfig(precision="fp16")
