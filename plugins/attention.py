@@ -12,6 +12,11 @@ from asr_s2s_plugins.blstm import length_mask
 ATTENTION_TYPES = ("location", "content")
 
 
+# Decoding (no gradients) replaces the location convolution by a Toeplitz matrix product
+# while the padded utterance spans at most this many kernel widths (frames / taps).
+TOEPLITZ_MAX_SPAN = 4
+
+
 class Attention(nn.Module):
     """Additive attention (Bahdanau); location-aware when ``conv_channels > 0`` (Chorowski et al. 2015).
 
@@ -35,6 +40,27 @@ class Attention(nn.Module):
         """:param memory: ``(N, T', D)``. :returns: ``(N, T', A)``."""
         return self.memory_proj(memory)
 
+    def location_matrix(self, frames: int) -> torch.Tensor | None:
+        """The location filters as one ``(T', T' * C)`` Toeplitz matrix, or None where the convolution is cheaper.
+
+        ``previous @ matrix`` viewed as ``(N, T', C)`` equals the zero-padded
+        convolution of the previous weights, already in the layout the location
+        projection reads. On the 2-core CPU, for 80 hypotheses and 10 filters,
+        the product ran 7.9x faster than oneDNN's single-input-channel
+        convolution at ``T' = 0.6 W`` (the reference model: kernel 201), 2x at
+        ``2.5 W`` and 0.7-0.8x from ``5 W``, where its ``T'^2 C`` products
+        outweigh the convolution's ``T' W C``; hence ``TOEPLITZ_MAX_SPAN``.
+        """
+        kernel = self.conv.kernel_size[0] if self.location else 0
+        if not self.location or frames > TOEPLITZ_MAX_SPAN * kernel:
+            return None
+        pad = kernel // 2
+        offset = torch.arange(frames).view(frames, 1) - torch.arange(frames).view(1, frames) + pad  # [s, t]: tap s - t + pad
+        taps = self.conv.weight[:, 0].index_select(1, offset.clamp(0, kernel - 1).view(-1).to(self.conv.weight.device))
+        inside = ((offset >= 0) & (offset < kernel)).view(1, -1).to(taps)
+        matrix = (taps * inside).view(-1, frames, frames)  # (C, T' s, T' t)
+        return matrix.permute(1, 2, 0).reshape(frames, frames * matrix.shape[0])  # column t * C + c
+
     def forward(
         self,
         memory: torch.Tensor,
@@ -42,6 +68,7 @@ class Attention(nn.Module):
         mask: torch.Tensor,
         query: torch.Tensor,
         previous: torch.Tensor,
+        location_matrix: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attend once, for ``N = B * K`` queries over ``B`` utterances (``K`` hypotheses each, utterance-major).
 
@@ -53,6 +80,7 @@ class Attention(nn.Module):
         :param mask: ``(B, T')`` True on valid frames.
         :param query: ``(N, Q)`` decoder state.
         :param previous: ``(N, T')`` previous attention weights.
+        :param location_matrix: ``(T', T' * C)`` from :meth:`location_matrix`, or None to convolve.
         :returns: context ``(N, D)`` and weights ``(N, T')``.
         """
         b, frames, dim = projected.shape
@@ -60,7 +88,10 @@ class Attention(nn.Module):
         k = n // b
         query_term = self.query_proj(query).view(b, k, 1, dim)
         if self.location:
-            loc = self.conv(previous.unsqueeze(1)).transpose(1, 2).reshape(n * frames, -1)  # (N*T', C)
+            if location_matrix is None:
+                loc = self.conv(previous.unsqueeze(1)).transpose(1, 2).reshape(n * frames, -1)  # (N*T', C)
+            else:
+                loc = torch.mm(previous, location_matrix).view(n * frames, -1)
             if k == 1:  # one fused pass: W m + U (F * a_prev), written into a fresh (N, T', A) tensor
                 hidden = torch.addmm(projected.reshape(n * frames, dim), loc, self.location_proj.weight.t())
                 hidden = hidden.view(b, 1, frames, dim)
@@ -144,7 +175,13 @@ class AttentionDecoder(Decoder):
             "h": zeros,
             "c": zeros.clone(),
             "attention": mask.to(states.dtype) / mask.sum(-1, keepdim=True).clamp_min(1).to(states.dtype),
+            **self._location_matrix(states.shape[1]),
         }
+
+    def _location_matrix(self, frames: int) -> dict[str, torch.Tensor]:
+        """``{"location_matrix": ...}`` when decoding (no gradients) and it is cheaper than the convolution."""
+        matrix = None if torch.is_grad_enabled() else self.attention.location_matrix(frames)
+        return {} if matrix is None else {"location_matrix": matrix}
 
     def init_beam_state(self, states: torch.Tensor, state_lengths: torch.Tensor, beam: int) -> dict[str, torch.Tensor]:
         """``beam`` hypotheses per utterance; memory, its projection and mask stay ``(B, ...)``."""
@@ -160,7 +197,9 @@ class AttentionDecoder(Decoder):
 
     def _advance(self, embedded: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One step from embedded tokens ``(N, E)``; returns logits ``(N, V)``."""
-        context, weights = self.attention(state["memory"], state["projected"], state["mask"], state["h"][-1], state["attention"])
+        context, weights = self.attention(
+            state["memory"], state["projected"], state["mask"], state["h"][-1], state["attention"], state.get("location_matrix")
+        )
         x = torch.cat([embedded, context], dim=-1)
         hs, cs = [], []
         for layer, cell in enumerate(self.cells):

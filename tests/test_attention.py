@@ -122,6 +122,36 @@ def test_attention_module_context_is_weighted_memory():
     assert torch.all(weights[~mask] == 0) and torch.all(weights[mask] > 0)
 
 
+@pytest.mark.parametrize("kernel, frames", [(3, 2), (5, 5), (7, 20), (31, 9)])
+def test_toeplitz_location_features_equal_the_convolution(kernel, frames):
+    """Decoding's Toeplitz product gives the zero-padded convolution's energies, short and long utterances alike."""
+    torch.manual_seed(0)
+    attention = Attention(memory_dim=D, query_dim=4, attention_dim=6, conv_channels=3, conv_kernel=kernel)
+    states, lens = _memory([frames, max(1, frames - 1)])
+    mask = length_mask(lens, frames)
+    previous = torch.softmax(torch.randn(2, frames).masked_fill(~mask, float("-inf")), -1)
+    query, projected = torch.randn(2, 4), attention.project_memory(states)
+    with torch.inference_mode():
+        matrix = attention.location_matrix(frames)
+        assert matrix is not None and matrix.shape == (frames, frames * 3)
+        expected = attention(states, projected, mask, query, previous)
+        got = attention(states, projected, mask, query, previous, matrix)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, atol=1e-6, rtol=1e-5)
+
+
+def test_toeplitz_only_where_it_is_cheaper():
+    location = Attention(memory_dim=D, query_dim=4, attention_dim=6, conv_channels=2, conv_kernel=5)
+    content = Attention(memory_dim=D, query_dim=4, attention_dim=6, conv_channels=0, conv_kernel=5)
+    assert location.location_matrix(20) is not None and location.location_matrix(21) is None  # 4 kernel widths
+    assert content.location_matrix(3) is None
+    states, lens = _memory([9])
+    decoder = _decoder()
+    with torch.inference_mode():
+        assert "location_matrix" in decoder.init_state(states, lens)
+    assert "location_matrix" not in decoder.init_state(states, lens)  # training convolves
+
+
 def test_scheduled_sampling_only_while_training():
     tokens = _tokens(2, 8)
     states, lens = _memory([6, 9])
