@@ -52,23 +52,25 @@ class CTCFrames:
     """Frame scores, fixed for a search, held once per utterance: hypothesis row ``n`` reads frame row ``n // beam``.
 
     :ivar logp: ``(N / beam, V, T')`` CTC log-probabilities, ``LOG_ZERO`` on padding frames.
+    :ivar prob: ``(N / beam, V, T')`` the same as probabilities (0 on padding frames).
     :ivar blank_cum: ``(N / beam, T'+1)`` cumulative blank log-probability from frame 0.
     :ivar lengths: ``(N,)`` valid frames of each hypothesis row.
     :ivar beam: hypotheses per utterance (1 when built by ``init_state``).
     """
 
     logp: torch.Tensor
+    prob: torch.Tensor
     blank_cum: torch.Tensor
     lengths: torch.Tensor
     beam: int = 1
 
     def gather(self, candidates: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities ``(N, K, T')`` of ``candidates`` ``(N, K)`` at every frame."""
+        """Probabilities ``(N, K, T')`` of ``candidates`` ``(N, K)`` at every frame."""
         n, k = candidates.shape
-        utterances, frames = self.logp.shape[0], self.logp.shape[-1]
-        logp = self.logp.unsqueeze(1).expand(utterances, self.beam, -1, frames)
+        utterances, frames = self.prob.shape[0], self.prob.shape[-1]
+        prob = self.prob.unsqueeze(1).expand(utterances, self.beam, -1, frames)
         index = candidates.view(utterances, self.beam, k, 1).expand(-1, -1, -1, frames)
-        return logp.gather(2, index).view(n, k, frames)
+        return prob.gather(2, index).view(n, k, frames)
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,8 @@ class CTCPrefixScorer(Scorer):
         zeros = torch.zeros(n, dtype=torch.float64, device=states.device)
         start = torch.full((n,), self.eos, dtype=torch.long, device=states.device)
         lengths = state_lengths.to(states.device).repeat_interleave(beam)
-        return CTCState(CTCFrames(logp, blank_cum, lengths, beam), r.repeat_interleave(beam, 0), zeros, start)
+        frames_ = CTCFrames(logp, logp.exp(), blank_cum, lengths, beam)
+        return CTCState(frames_, r.repeat_interleave(beam, 0), zeros, start)
 
     def score_partial(self, prefix: torch.Tensor, candidates: torch.Tensor, state: CTCState) -> tuple[torch.Tensor, CTCState]:
         """Score ``(N, K)`` candidate tokens; ``prefix`` ``(N, L)`` is implied by ``state``.
@@ -153,10 +156,15 @@ class CTCPrefixScorer(Scorer):
         n, k = candidates.shape
         r_n, r_b = state.r[:, 0], state.r[:, 1]  # (N, T'+1)
         either = torch.logaddexp(r_n, r_b)
-        repeat = (candidates == state.last.unsqueeze(1)).unsqueeze(-1)  # (N, K, 1)
-        phi = torch.where(repeat, r_b.unsqueeze(1), either.unsqueeze(1))  # (N, K, T'+1)
-        y_c = state.frames.gather(candidates)  # (N, K, T')
-        psi = torch.logsumexp(phi[..., :-1] + y_c, dim=-1)  # (N, K)
+        # psi = log sum_t exp(phi[t-1]) y_c[t] with phi = r_b (c repeats the last token) or either
+        # (otherwise): one (N, K, T') x (N, T', 2) product in the probability domain, scaled by
+        # either's maximum (>= r_b's); a fully -inf row scales by 0 and scores -inf.
+        top = either[:, :-1].amax(-1, keepdim=True)
+        top = top.masked_fill(torch.isneginf(top), 0.0)  # (N, 1)
+        phi = torch.stack([either[:, :-1], r_b[:, :-1]], dim=-1).sub_(top.unsqueeze(-1)).exp_()  # (N, T', 2)
+        sums = torch.bmm(state.frames.gather(candidates), phi)  # (N, K, 2)
+        repeat = candidates == state.last.unsqueeze(1)  # (N, K)
+        psi = torch.where(repeat, sums[..., 1], sums[..., 0]).log_().add_(top)  # (N, K)
         # <eos>: the probability of exactly this prefix over the whole utterance
         full = either.gather(1, state.frames.lengths.view(n, 1))  # (N, 1)
         psi = torch.where(candidates == self.eos, full, psi)
@@ -175,7 +183,7 @@ class CTCPrefixScorer(Scorer):
         """Keep hypotheses ``rows`` ``(M,)``, their frame scores included."""
         f = state.frames
         utterances = torch.div(rows.view(-1, f.beam)[:, 0], f.beam, rounding_mode="floor")
-        frames = CTCFrames(f.logp[utterances], f.blank_cum[utterances], f.lengths[rows], f.beam)
+        frames = CTCFrames(f.logp[utterances], f.prob[utterances], f.blank_cum[utterances], f.lengths[rows], f.beam)
         return CTCState(frames, state.r[rows], state.psi[rows], state.last[rows])
 
 
