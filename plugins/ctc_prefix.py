@@ -17,7 +17,9 @@ log-sum-exp: with ``C[t] = sum_{s<=t} log y_c[s]``,
 for ``r_b`` with the blank's cumulative sum. ESPnet's ``CTCPrefixScoreTH``
 loops over frames in Python at every output step; here a step is a handful
 of tensor ops, in float64 so that the cumulative sums stay exact over long
-utterances. Only ``psi`` is needed to rank the ``N x K`` candidates; the
+utterances. Only ``psi`` is needed to rank the ``N x K`` candidates; it is
+one batched product of the candidates' frame probabilities with ``phi``,
+scaled by its maximum, rather than a log-sum-exp over ``N x K x T'``. The
 forward variables are extended in :meth:`CTCPrefixScorer.select`, for the
 ``N`` survivors alone.
 
@@ -158,7 +160,9 @@ class CTCPrefixScorer(Scorer):
         either = torch.logaddexp(r_n, r_b)
         # psi = log sum_t exp(phi[t-1]) y_c[t] with phi = r_b (c repeats the last token) or either
         # (otherwise): one (N, K, T') x (N, T', 2) product in the probability domain, scaled by
-        # either's maximum (>= r_b's); a fully -inf row scales by 0 and scores -inf.
+        # either's maximum (>= r_b's); a fully -inf row scales by 0 and scores -inf. Terms over
+        # ~700 nats below the maximum underflow to 0: an extension made only of such terms scores -inf
+        # where it would otherwise trail its prefix by hundreds of nats.
         top = either[:, :-1].amax(-1, keepdim=True)
         top = top.masked_fill(torch.isneginf(top), 0.0)  # (N, 1)
         phi = torch.stack([either[:, :-1], r_b[:, :-1]], dim=-1).sub_(top.unsqueeze(-1)).exp_()  # (N, T', 2)
