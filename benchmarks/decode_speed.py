@@ -18,9 +18,9 @@ bundled test split) with beam 10 and ``decoder`` + ``ctc`` 0.3 (+ ``lm`` 0.3
 with --lm), in duration-bucketed batches of --batch-seconds and one utterance
 at a time, against batched greedy decoding.
 
-Unless --no-bf16, the batched rows are timed again with ``decode.precision``
-"bf16": the encoder under bf16 autocast, the search in fp32. That pays on
-CPUs with AMX (Sapphire Rapids and later) and on CUDA.
+Unless --no-bf16, the batched rows (with --model, every row) are timed again
+with ``decode.precision`` "bf16": the encoder under bf16 autocast, the search
+in fp32. That pays on CPUs with AMX (Sapphire Rapids and later) and on CUDA.
 """
 
 from __future__ import annotations
@@ -147,9 +147,13 @@ def trained(args, registry: Registry) -> None:
         f"beam {args.beam_size}, {name}, one at a time": rtf(Recognizer(model, beam, registry), items, None, args.repeats),
     }
     if args.bf16:
-        for label, cfg in (("greedy, batch", greedy), (f"beam {args.beam_size}, {name}, batch", beam)):
+        for label, cfg, groups in (
+            ("greedy, batch", greedy, grouped),
+            (f"beam {args.beam_size}, {name}, batch", beam, grouped),
+            (f"beam {args.beam_size}, {name}, one at a time", beam, None),
+        ):
             recognizer = Recognizer(model, dataclasses.replace(cfg, precision="bf16"), registry)
-            rows[label + BF16] = rtf(recognizer, items, grouped, args.repeats)
+            rows[label + BF16] = rtf(recognizer, items, groups, args.repeats)
     report(f"batches of at most {args.batch_seconds:g} padded seconds", rows, f"beam {args.beam_size}, {name}, batch")
 
 
