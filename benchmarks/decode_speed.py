@@ -106,7 +106,7 @@ def reference(args, registry: Registry) -> None:
     root = str(Path(__file__).resolve().parent.parent)
     items = random_items(args.utterances, args.min_seconds, args.max_seconds)
     print(f"{len(items)} utterances, {sum(i.seconds for i in items):.1f} s of random features, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, {args.device}")
     suppress_eos = DecodeConfig(max_length_ratio=1.0, min_length_ratio=1.0)
     for name, (config, tokens) in models(root).items():
         model = build(config, tokens)
@@ -121,7 +121,7 @@ def reference(args, registry: Registry) -> None:
                 for label, cfg, batched in setups if batched]
         setups += bf16 if args.bf16 else []
         rows = {
-            label: rtf(Recognizer(model, cfg, registry), items, batches(items, None) if batched else None, args.repeats)
+            label: rtf(Recognizer(model, cfg, registry, args.device), items, batches(items, None) if batched else None, args.repeats)
             for label, cfg, batched in setups
         }
         base = f"beam {k} + ctc 0.3, batch" if model.ctc is not None else f"beam {k}, batch"
@@ -142,9 +142,9 @@ def trained(args, registry: Registry) -> None:
     greedy = dataclasses.replace(config.decode, beam_size=1, scorers={"decoder": 1.0}, scorer_params={})
     grouped = batches(items, args.batch_seconds)
     rows = {
-        "greedy, batch": rtf(Recognizer(model, greedy, registry), items, grouped, args.repeats),
-        f"beam {args.beam_size}, {name}, batch": rtf(Recognizer(model, beam, registry), items, grouped, args.repeats),
-        f"beam {args.beam_size}, {name}, one at a time": rtf(Recognizer(model, beam, registry), items, None, args.repeats),
+        "greedy, batch": rtf(Recognizer(model, greedy, registry, args.device), items, grouped, args.repeats),
+        f"beam {args.beam_size}, {name}, batch": rtf(Recognizer(model, beam, registry, args.device), items, grouped, args.repeats),
+        f"beam {args.beam_size}, {name}, one at a time": rtf(Recognizer(model, beam, registry, args.device), items, None, args.repeats),
     }
     if args.bf16:
         for label, cfg, groups in (
@@ -152,7 +152,7 @@ def trained(args, registry: Registry) -> None:
             (f"beam {args.beam_size}, {name}, batch", beam, grouped),
             (f"beam {args.beam_size}, {name}, one at a time", beam, None),
         ):
-            recognizer = Recognizer(model, dataclasses.replace(cfg, precision="bf16"), registry)
+            recognizer = Recognizer(model, dataclasses.replace(cfg, precision="bf16"), registry, args.device)
             rows[label + BF16] = rtf(recognizer, items, groups, args.repeats)
     report(f"batches of at most {args.batch_seconds:g} padded seconds", rows, f"beam {args.beam_size}, {name}, batch")
 
@@ -169,6 +169,7 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=10.0)
     parser.add_argument("--beam-size", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the batched rows with the encoder under bf16 autocast "
                              "(decode.precision: bf16; fast with AMX or on CUDA)")
