@@ -19,7 +19,8 @@ loops over frames in Python at every output step; here a step is a handful
 of tensor ops, in float64 so that the cumulative sums stay exact over long
 utterances. Only ``psi`` is needed to rank the ``N x K`` candidates; it is
 one batched product of the candidates' frame probabilities with ``phi``,
-scaled by its maximum, rather than a log-sum-exp over ``N x K x T'``. The
+scaled by its maximum, rather than a log-sum-exp over ``N x K x T'`` (which
+only the rare candidates whose product underflows fall back to). The
 forward variables are extended in :meth:`CTCPrefixScorer.select`, for the
 ``N`` survivors alone.
 
@@ -160,15 +161,23 @@ class CTCPrefixScorer(Scorer):
         either = torch.logaddexp(r_n, r_b)
         # psi = log sum_t exp(phi[t-1]) y_c[t] with phi = r_b (c repeats the last token) or either
         # (otherwise): one (N, K, T') x (N, T', 2) product in the probability domain, scaled by
-        # either's maximum (>= r_b's); a fully -inf row scales by 0 and scores -inf. Terms over
-        # ~700 nats below the maximum underflow to 0: an extension made only of such terms scores -inf
-        # where it would otherwise trail its prefix by hundreds of nats.
+        # either's maximum (>= r_b's); a fully -inf row scales by 0 and scores -inf.
         top = either[:, :-1].amax(-1, keepdim=True)
-        top = top.masked_fill(torch.isneginf(top), 0.0)  # (N, 1)
+        alive = ~torch.isneginf(top)  # (N, 1)
+        top = top.masked_fill(~alive, 0.0)
         phi = torch.stack([either[:, :-1], r_b[:, :-1]], dim=-1).sub_(top.unsqueeze(-1)).exp_()  # (N, T', 2)
         sums = torch.bmm(state.frames.gather(candidates), phi)  # (N, K, 2)
         repeat = candidates == state.last.unsqueeze(1)  # (N, K)
         psi = torch.where(repeat, sums[..., 1], sums[..., 0]).log_().add_(top)  # (N, K)
+        # Terms over ~700 nats below the maximum underflow to 0; where all of a live row's do,
+        # the log domain gives the (very low, finite) score instead of -inf.
+        lost = torch.isneginf(psi) & alive
+        if lost.any():
+            rows, cols = lost.nonzero(as_tuple=True)
+            f = state.frames
+            phi_lost = torch.where(repeat[rows, cols].unsqueeze(1), r_b[rows, :-1], either[rows, :-1])  # (M, T')
+            y_lost = f.logp[torch.div(rows, f.beam, rounding_mode="floor"), candidates[rows, cols]]  # (M, T')
+            psi[rows, cols] = torch.logsumexp(phi_lost + y_lost, dim=-1)
         # <eos>: the probability of exactly this prefix over the whole utterance
         full = either.gather(1, state.frames.lengths.view(n, 1))  # (N, 1)
         psi = torch.where(candidates == self.eos, full, psi)

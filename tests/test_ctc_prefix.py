@@ -73,6 +73,25 @@ def test_prefix_scores_equal_the_frame_by_frame_recursion(random_model, fixture_
             assert float(cumulative[i - 1]) == pytest.approx(expected, abs=1e-6)
 
 
+def test_prefix_scores_stay_exact_where_probabilities_underflow(make_model, fixture_batch):
+    """A CTC head so peaked that a prefix's terms fall over 745 nats below its best frame (exp() is 0
+    in float64): the scores still follow the log-domain recursion instead of dropping to -inf."""
+    model = make_model(seed=1)
+    with torch.no_grad():
+        model.ctc.weight.mul_(8000)
+    with torch.inference_mode():
+        states, lengths = model.encode(fixture_batch.feats[:2], fixture_batch.feat_lengths[:2])
+        logp = model.ctc_log_probs(states)
+        sequences = [[10, 10, 3, 12, 12, 12], [4, 20, 20, 8, 2, 9]]
+        increments, _ = _drive(CTCPrefixScorer.from_model(model), states, lengths, sequences)
+    assert float(logp.min()) < -1000 and bool(torch.isfinite(increments).all())
+    for row, seq in enumerate(sequences):
+        cumulative = increments[row].cumsum(0)
+        for i in range(1, len(seq) + 1):
+            expected = _loop_prefix_logprob(logp[row, : lengths[row]], seq[:i], model.tokenizer.blank_id)
+            assert float(cumulative[i - 1]) == pytest.approx(expected, rel=1e-9)
+
+
 def test_complete_hypotheses_score_minus_ctc_loss(model, registry, encoded):
     """The ctc shares of finished hypotheses add up to log p_ctc(y|x) of torch's ctc_loss."""
     states, lengths = encoded
