@@ -13,8 +13,10 @@ ATTENTION_TYPES = ("location", "content")
 
 
 # Decoding (no gradients) replaces the location convolution by a Toeplitz matrix product
-# while the padded utterance spans at most this many kernel widths (frames / taps).
+# while the padded utterance spans at most this many kernel widths (frames / taps), and
+# the matrix holds at most this many elements (32 MB in fp32).
 TOEPLITZ_MAX_SPAN = 4
+TOEPLITZ_MAX_ELEMENTS = 1 << 23
 
 
 class Attention(nn.Module):
@@ -51,12 +53,15 @@ class Attention(nn.Module):
         ``2.5 W`` and 0.7-0.8x from ``5 W``, where its ``T'^2 C`` products
         outweigh the convolution's ``T' W C``; hence ``TOEPLITZ_MAX_SPAN``.
         """
-        kernel = self.conv.kernel_size[0] if self.location else 0
-        if not self.location or frames > TOEPLITZ_MAX_SPAN * kernel:
+        if not self.location or frames == 0:
             return None
-        pad = kernel // 2
-        offset = torch.arange(frames).view(frames, 1) - torch.arange(frames).view(1, frames) + pad  # [s, t]: tap s - t + pad
-        taps = self.conv.weight[:, 0].index_select(1, offset.clamp(0, kernel - 1).view(-1).to(self.conv.weight.device))
+        channels, _, kernel = self.conv.weight.shape
+        if frames > TOEPLITZ_MAX_SPAN * kernel or frames * frames * channels > TOEPLITZ_MAX_ELEMENTS:
+            return None
+        pad, device = kernel // 2, self.conv.weight.device
+        positions = torch.arange(frames, device=device)
+        offset = positions.view(frames, 1) - positions.view(1, frames) + pad  # [s, t]: tap s - t + pad
+        taps = self.conv.weight[:, 0].index_select(1, offset.clamp(0, kernel - 1).view(-1))
         inside = ((offset >= 0) & (offset < kernel)).view(1, -1).to(taps)
         matrix = (taps * inside).view(-1, frames, frames)  # (C, T' s, T' t)
         return matrix.permute(1, 2, 0).reshape(frames, frames * matrix.shape[0])  # column t * C + c
