@@ -650,8 +650,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="phrase to boost with the 'hotwords' scorer (repeatable; give --scorer hotwords=WEIGHT)")
     decode.add_argument("--batch-seconds", type=float, help="padded audio seconds decoded together")
     decode.add_argument("--precision", choices=["fp32", "bf16"],
-                        help="bf16: run the encoder under bf16 autocast, about 2x faster on GPUs and on CPUs with "
-                             "AMX (slower on CPUs without bf16 units); the search stays fp32 (default: the model's, fp32)")
+                        help="bf16: run the encoder under bf16 autocast, about 2x faster encoding on CPUs with AMX "
+                             "(slower on CPUs without bf16 units, little gain on GPUs); the search stays fp32 "
+                             "(default: the model's, fp32)")
     decode.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     decode.add_argument("--threads", type=int,
                         help="torch intra-op threads (default: torch's choice; 1 is fastest when other processes "

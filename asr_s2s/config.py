@@ -20,6 +20,9 @@ from asr_s2s.errors import ConfigError, did_you_mean
 from asr_s2s.features import NUM_MEL_BINS, SpecAugmentConfig
 
 
+PRECISIONS = ("bf16", "fp32")  # train.precision, decode.precision
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """What to build. ``encoder``/``decoder`` are ``{name: PLUGIN, **params}``."""
@@ -64,8 +67,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.accum_grad < 1:
             raise ConfigError(f"train.accum_grad must be at least 1, got {self.accum_grad}")
-        if self.precision not in ("bf16", "fp32"):
-            raise ConfigError(f"train.precision must be 'bf16' or 'fp32', got {self.precision!r}")
+        check_precision(self.precision, "train.precision")
         if self.selection_metric not in ("valid_loss", "valid_cer"):
             raise ConfigError(f"train.selection_metric must be 'valid_loss' or 'valid_cer', got {self.selection_metric!r}")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
@@ -88,13 +90,18 @@ class DecodeConfig:
     end_margin: float | None = 10.0  # stop an utterance when its running hypotheses trail this far; null: never
     pre_beam_ratio: float = 1.5  # partial scorers (ctc) score the best ceil(ratio * beam_size) tokens
     batch_seconds: float = 600.0  # padded audio seconds decoded together
-    # "bf16": the encoder runs under bf16 autocast (about 2x faster on CUDA and on CPUs with AMX,
-    # slower on CPUs without bf16 units); the search itself stays fp32. "fp32": exact.
+    # "bf16": the encoder runs under bf16 autocast (about 2x faster encoding on CPUs with AMX,
+    # slower on CPUs without bf16 units, little gain on GPUs); the search stays fp32. "fp32": exact.
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        if self.precision not in ("bf16", "fp32"):
-            raise ConfigError(f"decode.precision must be 'bf16' or 'fp32', got {self.precision!r}")
+        check_precision(self.precision, "decode.precision")
+
+
+def check_precision(value: str, where: str) -> None:
+    """Raise ConfigError unless ``value`` is one of :data:`PRECISIONS`; ``where`` names the option."""
+    if value not in PRECISIONS:
+        raise ConfigError(f"{where} must be {' or '.join(map(repr, PRECISIONS))}, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from asr_s2s.alignment import align_words
 from asr_s2s.audio import MIN_DURATION_S, SAMPLE_RATE_HZ, load_audio, stream_audio
-from asr_s2s.config import DecodeConfig
+from asr_s2s.config import DecodeConfig, check_precision
 from asr_s2s.errors import AsrS2SError, AudioLoadError, ConfigError
 from asr_s2s.features import FRAME_SHIFT_MS, fbank
 from asr_s2s.model import ASRModel
@@ -128,7 +128,7 @@ class TranscribeOptions:
         if not self.batch_seconds > 0:
             raise ConfigError(f"batch_seconds must be positive, got {self.batch_seconds}")
         self.search_options()
-        self.decode_config()  # checks precision
+        check_precision(self.precision, "precision")
         self.vad_options()
         for name, flag in (("lm", self.lm), ("hotwords", self.hotwords)):
             if flag and self.scorers.get(name, 0.0) <= 0:
