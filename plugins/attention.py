@@ -231,7 +231,7 @@ class AttentionDecoder(Decoder):
     def compact(self, state: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """Keep hypotheses ``rows`` ``(M,)`` (whole utterances' blocks) and those utterances' memory."""
         beam = state["h"].shape[1] // state["memory"].shape[0]
-        utterances = rows.view(-1, beam)[:, 0] // beam
+        utterances = rows[::beam] // beam  # rows holds whole blocks of beam rows
         per_utterance = {key: state[key].index_select(0, utterances) for key in ("memory", "projected", "mask")}
         return dict(
             state,

@@ -67,6 +67,10 @@ class CTCFrames:
     lengths: torch.Tensor
     beam: int = 1
 
+    def utterances(self, rows: torch.Tensor) -> torch.Tensor:
+        """The frame rows ``(M,)`` that hypothesis rows ``rows`` ``(M,)`` read."""
+        return torch.div(rows, self.beam, rounding_mode="floor")
+
     def gather(self, candidates: torch.Tensor) -> torch.Tensor:
         """Probabilities ``(N, K, T')`` of ``candidates`` ``(N, K)`` at every frame."""
         n, k = candidates.shape
@@ -176,7 +180,7 @@ class CTCPrefixScorer(Scorer):
             rows, cols = lost.nonzero(as_tuple=True)
             f = state.frames
             phi_lost = torch.where(repeat[rows, cols].unsqueeze(1), r_b[rows, :-1], either[rows, :-1])  # (M, T')
-            y_lost = f.logp[torch.div(rows, f.beam, rounding_mode="floor"), candidates[rows, cols]]  # (M, T')
+            y_lost = f.logp[f.utterances(rows), candidates[rows, cols]]  # (M, T')
             psi[rows, cols] = torch.logsumexp(phi_lost + y_lost, dim=-1)
         # <eos>: the probability of exactly this prefix over the whole utterance
         full = either.gather(1, state.frames.lengths.view(n, 1))  # (N, 1)
@@ -195,7 +199,7 @@ class CTCPrefixScorer(Scorer):
     def compact(self, state: CTCState, rows: torch.Tensor) -> CTCState:
         """Keep hypotheses ``rows`` ``(M,)``, their frame scores included."""
         f = state.frames
-        utterances = torch.div(rows.view(-1, f.beam)[:, 0], f.beam, rounding_mode="floor")
+        utterances = f.utterances(rows[:: f.beam])  # rows holds whole blocks of beam rows
         frames = CTCFrames(f.logp[utterances], f.prob[utterances], f.blank_cum[utterances], f.lengths[rows], f.beam)
         return CTCState(frames, state.r[rows], state.psi[rows], state.last[rows])
 
@@ -205,7 +209,7 @@ def _extend(frames: CTCFrames, r: torch.Tensor, last: torch.Tensor, tokens: torc
     ``(M,)``, ``tokens`` ``c`` ``(M,)``, and the frame rows ``(M,)`` they read. :returns: ``(M, 2, T'+1)``."""
     r_n, r_b = r[:, 0], r[:, 1]
     phi = torch.where((tokens == last).unsqueeze(1), r_b, torch.logaddexp(r_n, r_b))  # (M, T'+1)
-    utterances = torch.div(rows, frames.beam, rounding_mode="floor")
+    utterances = frames.utterances(rows)
     y_c = frames.logp[utterances, tokens]  # (M, T')
     cum_c = _cumsum_from_zero(y_c)  # (M, T'+1)
     start = torch.full_like(cum_c[:, :1], NEG_INF)  # frame 0: nothing emitted yet
