@@ -139,23 +139,19 @@ def trained(args, registry: Registry) -> None:
     if args.lm:
         weights["lm"], params["lm"] = 0.3, {"path": args.lm}
     name = " + ".join(f"{n} {w:g}" for n, w in weights.items())
-    beam = dataclasses.replace(config.decode, beam_size=args.beam_size, scorers=weights, scorer_params=params,
-                               precision="fp32")
-    greedy = dataclasses.replace(config.decode, beam_size=1, scorers={"decoder": 1.0}, scorer_params={}, precision="fp32")
+    beam = dataclasses.replace(config.decode, beam_size=args.beam_size, scorers=weights, scorer_params=params)
+    greedy = dataclasses.replace(config.decode, beam_size=1, scorers={"decoder": 1.0}, scorer_params={})
     grouped = batches(items, args.batch_seconds)
-    rows = {
-        "greedy, batch": rtf(Recognizer(model, greedy, registry, args.device), items, grouped, args.repeats),
-        f"beam {args.beam_size}, {name}, batch": rtf(Recognizer(model, beam, registry, args.device), items, grouped, args.repeats),
-        f"beam {args.beam_size}, {name}, one at a time": rtf(Recognizer(model, beam, registry, args.device), items, None, args.repeats),
-    }
-    if args.bf16:
-        for label, cfg, groups in (
-            ("greedy, batch", greedy, grouped),
-            (f"beam {args.beam_size}, {name}, batch", beam, grouped),
-            (f"beam {args.beam_size}, {name}, one at a time", beam, None),
-        ):
-            recognizer = Recognizer(model, dataclasses.replace(cfg, precision="bf16"), registry, args.device)
-            rows[label + BF16] = rtf(recognizer, items, groups, args.repeats)
+    setups = [
+        ("greedy, batch", greedy, grouped),
+        (f"beam {args.beam_size}, {name}, batch", beam, grouped),
+        (f"beam {args.beam_size}, {name}, one at a time", beam, None),
+    ]
+    rows = {}
+    for precision, suffix in [("fp32", "")] + ([("bf16", BF16)] if args.bf16 else []):
+        for label, cfg, groups in setups:
+            recognizer = Recognizer(model, dataclasses.replace(cfg, precision=precision), registry, args.device)
+            rows[label + suffix] = rtf(recognizer, items, groups, args.repeats)
     report(f"batches of at most {args.batch_seconds:g} padded seconds", rows, f"beam {args.beam_size}, {name}, batch")
 
 
