@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import asr_s2s_plugins.attention as attention_module
 from asr_s2s_plugins.attention import Attention, AttentionDecoder
 from asr_s2s_plugins.blstm import length_mask
 
@@ -145,11 +146,30 @@ def test_toeplitz_only_where_it_is_cheaper():
     content = Attention(memory_dim=D, query_dim=4, attention_dim=6, conv_channels=0, conv_kernel=5)
     assert location.location_matrix(20) is not None and location.location_matrix(21) is None  # 4 kernel widths
     assert content.location_matrix(3) is None
-    states, lens = _memory([9])
     decoder = _decoder()
-    with torch.inference_mode():
-        assert "location_matrix" in decoder.init_state(states, lens)
-    assert "location_matrix" not in decoder.init_state(states, lens)  # training convolves
+    assert "location_matrix" in decoder.init_state(*_memory([9]))
+    assert "location_matrix" not in decoder.init_state(*_memory([500]))
+
+
+def test_training_through_the_toeplitz_matrix_gives_the_convolutions_gradients():
+    """Teacher forcing reaches the same loss and gradients whether the location filters convolve or multiply."""
+    torch.manual_seed(0)
+    decoder = _decoder()
+    states, lens = _memory([9, 6])
+    tokens = _tokens(2, 7)
+    results = []
+    for span in (attention_module.TOEPLITZ_MAX_SPAN, 0):  # 0: the matrix is never built
+        decoder.zero_grad()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(attention_module, "TOEPLITZ_MAX_SPAN", span)
+            assert ("location_matrix" in decoder.init_state(states, lens)) == (span > 0)
+            logits, _ = decoder(states, lens, tokens)
+        logits.logsumexp(-1).sum().backward()
+        results.append((logits.detach(), [p.grad.clone() for p in decoder.parameters()]))
+    (toeplitz, toeplitz_grads), (conv, conv_grads) = results
+    torch.testing.assert_close(toeplitz, conv, atol=1e-5, rtol=1e-5)
+    for got, expected in zip(toeplitz_grads, conv_grads):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_scheduled_sampling_only_while_training():
