@@ -131,6 +131,19 @@ class Decoder(nn.Module, ABC):
         """
         raise NotImplementedError
 
+    def init_from_language_model(self, lm: LanguageModel) -> None:
+        """Copy a trained language model's weights into this decoder's matching parts.
+
+        The decoder then starts training already able to spell: it has read the
+        LM's text, which may be far more than the transcripts (Ramachandran et
+        al. 2017). Parts that read the encoder keep their initialisation.
+        Optional: ``asr-s2s train --init-decoder-from-lm`` refuses a decoder
+        without it.
+
+        :raises ConfigError: naming each size that differs between the two.
+        """
+        raise NotImplementedError
+
 
 class LanguageModel(nn.Module, ABC):
     """A token-level language model, for shallow fusion in beam search.

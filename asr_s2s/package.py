@@ -157,6 +157,35 @@ def load_lm_package(path: str | os.PathLike, registry: Registry | None = None) -
     return lm.eval(), tokenizer
 
 
+def load_lm_package_for(model: ASRModel, path: str | os.PathLike, registry: Registry | None = None) -> LanguageModel:
+    """Load a language-model package whose tokens are ``model``'s, on ``model``'s device, in eval mode.
+
+    :raises ModelPackageError: for a broken package or a different token list.
+    """
+    lm, tokenizer = load_lm_package(path, registry)
+    if tokenizer.tokens != model.tokenizer.tokens:
+        raise ModelPackageError(
+            f"{path}: the language model's tokens.txt ({len(tokenizer)} tokens) differs from the "
+            f"acoustic model's ({model.vocab_size} tokens); train the LM with the same tokens"
+        )
+    return lm.to(next(model.parameters()).device).eval()
+
+
+def init_decoder_from_lm(model: ASRModel, path: str | os.PathLike, registry: Registry | None = None) -> None:
+    """Start ``model``'s decoder from the language-model package at ``path`` (its matching weights).
+
+    :raises ModelPackageError: for a broken package or a different token list.
+    :raises ConfigError: when the decoder cannot take the LM's weights (kind or sizes).
+    """
+    lm = load_lm_package_for(model, path, registry)
+    try:
+        model.decoder.init_from_language_model(lm)
+    except NotImplementedError:
+        raise ConfigError(f"decoder {model.decoder.name!r} cannot start from a language model") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
 def _read_config(path: Path, files: tuple[str, ...], kind: str | None) -> dict:
     """config.yaml of a package holding ``files``, checked for format version and kind."""
     if not path.is_dir():

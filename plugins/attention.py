@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from asr_s2s.errors import ConfigError
 from asr_s2s.hookspecs import hookimpl
-from asr_s2s.interfaces import Decoder
+from asr_s2s.interfaces import Decoder, LanguageModel
 from asr_s2s_plugins.blstm import length_mask
+from asr_s2s_plugins.lstm_lm import LSTMLanguageModel
 
 ATTENTION_TYPES = ("location", "content")
 
@@ -243,6 +245,39 @@ class AttentionDecoder(Decoder):
             c=state["c"].index_select(1, rows),
             attention=state["attention"].index_select(0, rows),
         )
+
+    def init_from_language_model(self, lm: LanguageModel) -> None:
+        """Start from an ``lstm`` LM of the same sizes: embedding, LSTM and output weights.
+
+        The LSTM's input weights on the context and the output weights on the
+        context keep their initialisation: with a zero context, the decoder
+        computes exactly the LM.
+        """
+        if not isinstance(lm, LSTMLanguageModel):
+            raise ConfigError(f"the attention decoder starts only from an 'lstm' language model, got {lm.name!r}")
+        embed_dim, lm_embed_dim = self.embed.embedding_dim, lm.embed.embedding_dim
+        sizes = {
+            "vocabulary size": (self.vocab_size, lm.embed.num_embeddings),
+            "embed_dim": (embed_dim, lm_embed_dim),
+            "hidden_size": (self.hidden_size, lm.hidden_size),
+            "num_layers": (self.num_layers, lm.num_layers),
+        }
+        differ = [f"{name} {mine} vs the LM's {theirs}" for name, (mine, theirs) in sizes.items() if mine != theirs]
+        if differ:
+            raise ConfigError(
+                "the decoder and the language model differ in " + ", ".join(differ)
+                + "; give model.decoder the LM's sizes or train an LM with the decoder's"
+            )
+        with torch.no_grad():
+            self.embed.weight.copy_(lm.embed.weight)
+            for layer, cell in enumerate(self.cells):
+                inputs = embed_dim if layer == 0 else self.hidden_size
+                cell.weight_ih[:, :inputs].copy_(getattr(lm.lstm, f"weight_ih_l{layer}"))
+                cell.weight_hh.copy_(getattr(lm.lstm, f"weight_hh_l{layer}"))
+                cell.bias_ih.copy_(getattr(lm.lstm, f"bias_ih_l{layer}"))
+                cell.bias_hh.copy_(getattr(lm.lstm, f"bias_hh_l{layer}"))
+            self.output.weight[:, : self.hidden_size].copy_(lm.output.weight)
+            self.output.bias.copy_(lm.output.bias)
 
     def forward(
         self,

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from asr_s2s.errors import ModelPackageError
 from asr_s2s.hookspecs import hookimpl
 from asr_s2s.interfaces import LanguageModel, Scorer
 
@@ -69,16 +68,9 @@ class LMScorer(Scorer):
 
     @classmethod
     def from_model(cls, model: ASRModel, *, path: str) -> LMScorer:
-        from asr_s2s.package import load_lm_package
+        from asr_s2s.package import load_lm_package_for
 
-        lm, tokenizer = load_lm_package(path)
-        if tokenizer.tokens != model.tokenizer.tokens:
-            raise ModelPackageError(
-                f"{path}: the language model's tokens.txt ({len(tokenizer)} tokens) differs from the "
-                f"acoustic model's ({model.vocab_size} tokens); train the LM with the same tokens"
-            )
-        device = next(model.parameters()).device
-        return cls(lm.to(device).eval())
+        return cls(load_lm_package_for(model, path))
 
     def init_state(self, states: torch.Tensor, state_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
         """The LM state before ``<sos>`` for ``N`` rows (the encoder states give only N and the device)."""

@@ -7,6 +7,7 @@ transcripts, packaged, reloaded and fused into beam search.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -211,3 +212,78 @@ def test_resume_from_a_crafted_checkpoint_is_refused_unrun(run_cli, text_file, t
     code, _, err = run_cli(*args)  # without --resume: the run there is not overwritten either
     assert code == 2 and "already holds a training run" in err and "--resume" in err
     assert not marker.exists() and checkpoint.is_file()
+
+
+# -- starting the decoder from the LM -----------------------------------------------------------
+def _lm_sized_model(make_model, tiny_config):
+    """The tiny acoustic model with the tiny LM's decoder sizes (embedding 16, 64 units, 1 layer)."""
+    decoder = dict(tiny_config.model.decoder, embed_dim=TINY_LM["lm"]["embed_dim"], hidden_size=TINY_LM["lm"]["hidden_size"])
+    return make_model(decoder=decoder)
+
+
+def test_decoder_started_from_the_lm_is_the_lm_without_context(lm_package, make_model, tiny_config, fixture_utterances, tokenizer):
+    """With all-zero encoder states (so a zero attention context), the started decoder's logits are the LM's."""
+    from asr_s2s.package import init_decoder_from_lm
+
+    model = _lm_sized_model(make_model, tiny_config)
+    init_decoder_from_lm(model, lm_package / "lm")
+    lm, _ = load_lm_package(lm_package / "lm")
+    inputs, _ = collate_text([tokenizer.encode(u.text) for u in fixture_utterances[:3]], tokenizer.sos_id, tokenizer.eos_id)
+    states = torch.zeros(3, 5, model.encoder.output_dim)
+    with torch.inference_mode():
+        got, _ = model.decoder(states, torch.tensor([5, 4, 3]), inputs)
+        want = lm(inputs)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    fresh = _lm_sized_model(make_model, tiny_config)
+    with torch.inference_mode():
+        assert not torch.allclose(fresh.decoder(states, torch.tensor([5, 4, 3]), inputs)[0], want, atol=1e-2)
+
+
+def test_decoder_and_lm_sizes_must_match(lm_package, random_model):
+    from asr_s2s.package import init_decoder_from_lm
+
+    with pytest.raises(ConfigError, match=r"embed_dim 32 vs the LM's 16, hidden_size 64 vs the LM's 64|embed_dim 32 vs the LM's 16"):
+        init_decoder_from_lm(random_model, lm_package / "lm")
+
+
+def test_decoder_start_needs_the_acoustic_models_tokens(lm_package, tmp_path, make_model, tiny_config):
+    import shutil
+
+    from asr_s2s.package import init_decoder_from_lm
+
+    other = tmp_path / "lm"
+    shutil.copytree(lm_package / "lm", other)
+    tokens = (other / "tokens.txt").read_text().splitlines()
+    a, b = tokens.index("A"), tokens.index("B")
+    tokens[a], tokens[b] = tokens[b], tokens[a]  # as many tokens, in another order
+    (other / "tokens.txt").write_text("\n".join(tokens) + "\n")
+    with pytest.raises(ModelPackageError, match="differs from the acoustic model's"):
+        init_decoder_from_lm(_lm_sized_model(make_model, tiny_config), other)
+
+
+def test_cli_train_starts_the_decoder_from_the_lm(run_cli, lm_package, fixture_utterances, cmvn, tmp_path):
+    from asr_s2s.manifest import write_manifest
+    from conftest import TINY_YAML
+
+    config = yaml.safe_load(TINY_YAML.read_text())
+    config["train"]["epochs"] = 1
+    write_manifest(fixture_utterances[:4], tmp_path / "m.jsonl")
+    cmvn.save(tmp_path / "cmvn.json")
+
+    def train(exp: str, *start):
+        (tmp_path / "exp.yaml").write_text(yaml.safe_dump(config))
+        return run_cli("train", "--config", tmp_path / "exp.yaml", "--train-manifest", tmp_path / "m.jsonl",
+                       "--valid-manifest", tmp_path / "m.jsonl", "--cmvn", tmp_path / "cmvn.json",
+                       "--exp-dir", tmp_path / exp, *start, "--threads", "1", "--quiet")
+
+    start = ("--init-decoder-from-lm", lm_package / "lm")
+    code, out, err = train("mismatch", *start)  # the tiny config's decoder embeds in 32 dimensions, the LM in 16
+    assert code == 2 and out == "" and "embed_dim 32 vs the LM's 16" in err and str(lm_package / "lm") in err
+    config["model"]["decoder"].update(embed_dim=16, hidden_size=64)
+    for exp, args in (("started", start), ("fresh", ())):
+        code, _, err = train(exp, *args)
+        assert code == 0, err
+    # the LM has learnt these sentences: from its weights, the very first step already predicts most characters
+    first = {exp: json.loads((tmp_path / exp / "train_log.jsonl").read_text().splitlines()[0]) for exp in ("started", "fresh")}
+    assert first["started"]["step"] == first["fresh"]["step"] == 1
+    assert first["started"]["accuracy"] > 0.5 > first["fresh"]["accuracy"]
