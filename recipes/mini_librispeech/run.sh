@@ -2,14 +2,16 @@
 # Usage: bash recipes/mini_librispeech/run.sh [--stage N] [--stop-stage N] [--hours H] [--epochs E]
 #                                            [--config FILE] [--lm-config FILE] [--exp-dir DIR] [--seed S]
 #                                            [--ctc-weights "0.5"] [--lm-weights "0.2 0.3"] [--sweep-utts 100] [--valid-utts 200]
+#                                            [--init-decoder-from-lm true|false]
 #
 # The bundled corpus, end to end, from any working directory:
 #   0. synthesise the corpus with espeak-ng (LibriSpeech layout) into corpus/
 #   1. write JSON-lines manifests for train/dev/test into dump/
 #   2. compute global CMVN statistics on train
 #   3. train a character LSTM language model on the corpus's lm-text.txt; package in exp/lm_<lm-config>_seed_<S>/lm
-#   4. train the acoustic model (validating on the first --valid-utts dev utterances each epoch);
-#      the model package lands in exp/<name>/model
+#   4. train the acoustic model (validating on the first --valid-utts dev utterances each epoch), its
+#      decoder started from the stage-3 LM (unless --init-decoder-from-lm false); the model package
+#      lands in exp/<name>/model
 #   5. sweep the ctc and lm weights (beam 10) on the first --sweep-utts dev utterances
 #   6. evaluate test greedy, and with beam 10 alone, +ctc, +lm and +ctc+lm at the best swept
 #      weights; print a WER/CER table (exp/<name>/RESULTS.md)
@@ -33,6 +35,7 @@ ctc_weights="0.5"   # swept together with 0; more values cost a dev decode each
 lm_weights="0.2 0.3"
 sweep_utts=100
 valid_utts=200
+init_decoder_from_lm=true   # the LM config's sizes must then match model.decoder's
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -48,7 +51,8 @@ while [ $# -gt 0 ]; do
     --sweep-utts) sweep_utts=$2; shift 2 ;;
     --valid-utts) valid_utts=$2; shift 2 ;;
     --exp-dir) exp_dir=$2; shift 2 ;;
-    -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --init-decoder-from-lm) init_decoder_from_lm=$2; shift 2 ;;
+    -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -97,9 +101,15 @@ fi
 if run_stage 4 "$exp_dir/.train.done" "train ($exp_dir)"; then
   resume=""
   [ -d "$exp_dir/checkpoints" ] && resume="--resume"
+  decoder_start=()
+  case "$init_decoder_from_lm" in
+    true) decoder_start=(--init-decoder-from-lm "$lm_dir/lm") ;;
+    false) ;;
+    *) echo "run.sh: --init-decoder-from-lm must be true or false, got '$init_decoder_from_lm'" >&2; exit 2 ;;
+  esac
   head -n "$valid_utts" "$dump/dev.jsonl" > "$exp_dir/valid.jsonl"
   asr-s2s train --config "$config" --train-manifest "$dump/train.jsonl" --valid-manifest "$exp_dir/valid.jsonl" \
-    --cmvn "$dump/cmvn.json" --exp-dir "$exp_dir" ${epochs:+--epochs "$epochs"} $resume
+    --cmvn "$dump/cmvn.json" --exp-dir "$exp_dir" ${epochs:+--epochs "$epochs"} "${decoder_start[@]}" $resume
   touch "$exp_dir/.train.done"
 fi
 
