@@ -242,8 +242,9 @@ def test_decoder_started_from_the_lm_is_the_lm_without_context(lm_package, make_
 def test_decoder_and_lm_sizes_must_match(lm_package, random_model):
     from asr_s2s.package import init_decoder_from_lm
 
-    with pytest.raises(ConfigError, match=r"embed_dim 32 vs the LM's 16, hidden_size 64 vs the LM's 64|embed_dim 32 vs the LM's 16"):
+    with pytest.raises(ConfigError, match=r"differ in embed_dim 32 vs the LM's 16;") as error:
         init_decoder_from_lm(random_model, lm_package / "lm")
+    assert "hidden_size" not in str(error.value)  # only what differs is named (both have 64 units)
 
 
 def test_decoder_start_needs_the_acoustic_models_tokens(lm_package, tmp_path, make_model, tiny_config):
