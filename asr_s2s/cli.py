@@ -168,14 +168,15 @@ def cmd_train(args) -> int:
     valid_set = SpeechDataset(read_manifest(args.valid_manifest), tokenizer, cache=cache)
     seed_everything(config.train.seed)
     model = ASRModel(config.model, tokenizer, CMVNStats.load(args.cmvn), registry)
-    if args.init_decoder_from_lm:
+    exp_dir = Path(args.exp_dir)
+    resuming = args.resume and any((exp_dir / "checkpoints").glob("*.pt"))
+    if args.init_decoder_from_lm and not resuming:  # a resumed run's checkpoint holds the decoder
         from asr_s2s.package import init_decoder_from_lm
 
         init_decoder_from_lm(model, args.init_decoder_from_lm, registry)
         log.info("decoder initialised from the language model %s", args.init_decoder_from_lm)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %.2fM parameters, %dx time reduction", n_params / 1e6, model.encoder.time_reduction)
-    exp_dir = Path(args.exp_dir)
     trainer = Trainer(model, config.train, train_set, valid_set, exp_dir, device=dist_info.device, progress=not args.quiet)
     results = trainer.fit(resume=args.resume)
     distributed.barrier()
@@ -631,10 +632,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exp-dir", required=True, help="output folder: checkpoint, log, lm/")
     p.add_argument("--resume", action="store_true", help="continue from EXP_DIR's checkpoint")
     p.add_argument("--epochs", type=int, help="override train.epochs")
-    p.add_argument("--init-decoder-from-lm", metavar="LM_DIR",
-                   help="start the decoder from a language-model package ('asr-s2s train-lm') with the same tokens "
-                        "and the decoder's sizes: its embedding, LSTM and output weights (a --resume'd run "
-                        "continues from its checkpoint instead)")
     p.add_argument("--tokens", help="token list from 'asr-s2s tokens' (default: the built-in characters)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")

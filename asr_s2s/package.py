@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from asr_s2s.config import DecodeConfig, ExperimentConfig, ModelConfig, from_dict, to_dict
 from asr_s2s.errors import ConfigError, ModelPackageError
 from asr_s2s.features import CMVNStats
-from asr_s2s.interfaces import LanguageModel
+from asr_s2s.interfaces import Decoder, LanguageModel
 from asr_s2s.model import ASRModel
 from asr_s2s.plugins import Registry
 from asr_s2s.tokenizer import CharTokenizer
@@ -177,11 +177,11 @@ def init_decoder_from_lm(model: ASRModel, path: str | os.PathLike, registry: Reg
     :raises ModelPackageError: for a broken package or a different token list.
     :raises ConfigError: when the decoder cannot take the LM's weights (kind or sizes).
     """
+    if type(model.decoder).init_from_language_model is Decoder.init_from_language_model:
+        raise ConfigError(f"decoder {model.decoder.name!r} cannot start from a language model")
     lm = load_lm_package_for(model, path, registry)
     try:
         model.decoder.init_from_language_model(lm)
-    except NotImplementedError:
-        raise ConfigError(f"decoder {model.decoder.name!r} cannot start from a language model") from None
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

@@ -190,9 +190,18 @@ class AttentionDecoder(Decoder):
         }
 
     def _location_matrix(self, frames: int) -> dict[str, torch.Tensor]:
-        """``{"location_matrix": ...}`` where it is cheaper than the convolution."""
+        """``{"location_matrix": ...}`` where it is cheaper than the convolution.
+
+        Under autocast the matrix is cast once here: cast by each step's product, every
+        step would keep its own copy for the backward pass.
+        """
         matrix = self.attention.location_matrix(frames)
-        return {} if matrix is None else {"location_matrix": matrix}
+        if matrix is None:
+            return {}
+        device_type = matrix.device.type
+        if torch.is_autocast_enabled(device_type):
+            matrix = matrix.to(torch.get_autocast_dtype(device_type))
+        return {"location_matrix": matrix}
 
     def init_beam_state(self, states: torch.Tensor, state_lengths: torch.Tensor, beam: int) -> dict[str, torch.Tensor]:
         """``beam`` hypotheses per utterance; memory, its projection and mask stay ``(B, ...)``."""
@@ -294,7 +303,9 @@ class AttentionDecoder(Decoder):
             emb = embedded[:, u]
             if sampling and u > 0:
                 sampled = torch.rand(tokens_in.shape[0], device=tokens_in.device) < self.sampling_rate
-                predicted = self.embed(self.output(features[-1].detach()).argmax(-1))
+                with torch.no_grad():
+                    predicted_tokens = self.output(features[-1]).argmax(-1)
+                predicted = self.embed(predicted_tokens)
                 emb = torch.where(sampled.unsqueeze(-1), predicted, emb)
             step_features, state = self._advance(emb, state)
             features.append(step_features)

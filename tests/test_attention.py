@@ -184,6 +184,47 @@ def test_scheduled_sampling_only_while_training():
     assert not torch.allclose(sampled(states, lens, tokens)[0], plain(states, lens, tokens)[0])
 
 
+def test_scheduled_sampling_feeds_back_the_models_own_prediction():
+    """At rate 1, training-mode teacher forcing equals stepping on the argmax of each previous step."""
+    tokens = _tokens(2, 8)
+    states, lens = _memory([6, 9])
+    decoder = _decoder(sampling_rate=1.0).train()  # dropout is 0: train mode differs only by the sampling
+    with torch.no_grad():
+        logits, _ = decoder(states, lens, tokens)
+        state = decoder.init_state(states, lens)
+        fed = tokens[:, 0]
+        for u in range(tokens.shape[1]):
+            logp, state = decoder.step(fed, state)
+            torch.testing.assert_close(logp, torch.log_softmax(logits[:, u], -1), atol=1e-5, rtol=0)
+            fed = logp.argmax(-1)
+
+
+def test_location_matrix_is_cast_once_under_autocast():
+    """Under bf16 autocast the stored matrix is bf16 already (each step would otherwise keep its own copy)."""
+    decoder = _decoder().train()
+    states, lens = _memory([9, 6])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert decoder.init_state(states, lens)["location_matrix"].dtype == torch.bfloat16
+        logits, _ = decoder(states, lens, _tokens(2, 5))
+        logits.float().logsumexp(-1).sum().backward()
+    assert decoder.init_state(states, lens)["location_matrix"].dtype == torch.float32
+    assert decoder.attention.conv.weight.grad is not None and decoder.attention.conv.weight.grad.abs().sum() > 0
+
+
+def test_two_layer_decoder_started_from_a_two_layer_lm_is_that_lm_without_context():
+    from asr_s2s_plugins.lstm_lm import LSTMLanguageModel
+
+    torch.manual_seed(0)
+    lm = LSTMLanguageModel(V, embed_dim=8, hidden_size=16, num_layers=2, dropout=0.0).eval()
+    decoder = _decoder(num_layers=2)
+    decoder.init_from_language_model(lm)
+    tokens = _tokens(3, 6)
+    states = torch.zeros(3, 5, D)  # zero context: the decoder is left with the LM's weights alone
+    with torch.no_grad():
+        logits, _ = decoder(states, torch.tensor([5, 3, 4]), tokens)
+        torch.testing.assert_close(logits, lm(tokens), atol=1e-5, rtol=1e-5)
+
+
 def test_invalid_params():
     with pytest.raises(ValueError, match="conv_kernel must be odd"):
         _decoder(conv_kernel=4)

@@ -239,11 +239,11 @@ def test_decoder_started_from_the_lm_is_the_lm_without_context(lm_package, make_
         assert not torch.allclose(fresh.decoder(states, torch.tensor([5, 4, 3]), inputs)[0], want, atol=1e-2)
 
 
-def test_decoder_and_lm_sizes_must_match(lm_package, random_model):
+def test_decoder_and_lm_sizes_must_match(lm_package, make_model):
     from asr_s2s.package import init_decoder_from_lm
 
     with pytest.raises(ConfigError, match=r"differ in embed_dim 32 vs the LM's 16;") as error:
-        init_decoder_from_lm(random_model, lm_package / "lm")
+        init_decoder_from_lm(make_model(), lm_package / "lm")
     assert "hidden_size" not in str(error.value)  # only what differs is named (both have 64 units)
 
 
