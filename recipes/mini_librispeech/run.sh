@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Usage: bash recipes/mini_librispeech/run.sh [--stage N] [--stop-stage N] [--hours H] [--epochs E]
 #                                            [--config FILE] [--lm-config FILE] [--exp-dir DIR] [--seed S]
-#                                            [--ctc-weights "0.5"] [--lm-weights "0.2 0.3"] [--sweep-utts 100] [--valid-utts 200]
+#                                            [--ctc-weights "0.3"] [--lm-weights "0.2 0.4"] [--sweep-utts 100] [--valid-utts 200]
 #                                            [--init-decoder-from-lm true|false]
 #
 # The bundled corpus, end to end, from any working directory:
@@ -31,8 +31,8 @@ seed=0
 config="$recipe_dir/conf/las_mini.yaml"
 lm_config="$recipe_dir/conf/lm_char.yaml"
 exp_dir=""
-ctc_weights="0.5"   # swept together with 0; more values cost a dev decode each
-lm_weights="0.2 0.3"
+ctc_weights="0.3"   # swept together with 0; more values cost a dev decode each (see README)
+lm_weights="0.2 0.4"
 sweep_utts=100
 valid_utts=200
 init_decoder_from_lm=true   # the LM config's sizes must then match model.decoder's
@@ -57,12 +57,18 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+case "$init_decoder_from_lm" in
+  true|false) ;;
+  *) echo "run.sh: --init-decoder-from-lm must be true or false, got '$init_decoder_from_lm'" >&2; exit 2 ;;
+esac
 command -v asr-s2s >/dev/null || { echo "run.sh: asr-s2s not on PATH; run 'bash tools/setup.sh' and activate .venv" >&2; exit 2; }
 
 corpus="$recipe_dir/corpus/hours_${hours}_seed_${seed}"
 dump="$recipe_dir/dump/hours_${hours}_seed_${seed}"
 name=$(basename "$config" .yaml)
-exp_dir=${exp_dir:-"$recipe_dir/exp/${name}_${hours}h${epochs:+_${epochs}ep}"}
+no_lm_start=""
+[ "$init_decoder_from_lm" = false ] && no_lm_start="_no_lm_start"
+exp_dir=${exp_dir:-"$recipe_dir/exp/${name}_${hours}h${epochs:+_${epochs}ep}${no_lm_start}"}
 lm_dir="$recipe_dir/exp/$(basename "$lm_config" .yaml)_seed_${seed}"
 mkdir -p "$dump" "$exp_dir"
 
@@ -102,11 +108,7 @@ if run_stage 4 "$exp_dir/.train.done" "train ($exp_dir)"; then
   resume=""
   [ -d "$exp_dir/checkpoints" ] && resume="--resume"
   decoder_start=()
-  case "$init_decoder_from_lm" in
-    true) decoder_start=(--init-decoder-from-lm "$lm_dir/lm") ;;
-    false) ;;
-    *) echo "run.sh: --init-decoder-from-lm must be true or false, got '$init_decoder_from_lm'" >&2; exit 2 ;;
-  esac
+  [ "$init_decoder_from_lm" = true ] && decoder_start=(--init-decoder-from-lm "$lm_dir/lm")
   head -n "$valid_utts" "$dump/dev.jsonl" > "$exp_dir/valid.jsonl"
   asr-s2s train --config "$config" --train-manifest "$dump/train.jsonl" --valid-manifest "$exp_dir/valid.jsonl" \
     --cmvn "$dump/cmvn.json" --exp-dir "$exp_dir" ${epochs:+--epochs "$epochs"} "${decoder_start[@]}" $resume
@@ -122,6 +124,7 @@ evaluate() {
 }
 
 if run_stage 5 "$exp_dir/.sweep.done" "sweep ctc and lm weights on $sweep_utts dev utterances"; then
+  rm -rf "$exp_dir"/decode_sweep_*  # stage 6 picks the best of what this sweep leaves
   head -n "$sweep_utts" "$dump/dev.jsonl" > "$exp_dir/sweep_dev.jsonl"
   for ctc in 0 $ctc_weights; do
     for lm in 0 $lm_weights; do
