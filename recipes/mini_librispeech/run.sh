@@ -16,14 +16,15 @@
 #   6. evaluate test greedy, and with beam 10 alone, +ctc, +lm and +ctc+lm at the best swept
 #      weights; print a WER/CER table (exp/<name>/RESULTS.md)
 #   7. transcribe one test file with the trained model, the LM and the best weights
-# Each finished stage leaves a .done marker; a re-run skips it. Delete the
-# marker (or pass --stage N) to redo a stage.
+# Each finished stage leaves a .done marker; a re-run skips it unless an earlier
+# stage ran again. --stage N redoes stage N and every later one (to --stop-stage).
 set -euo pipefail
 
 recipe_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_root=$(cd "$recipe_dir/../.." && pwd)
 
 stage=0
+stage_given=false
 stop_stage=7
 hours=1.8
 epochs=""
@@ -39,7 +40,7 @@ init_decoder_from_lm=true   # the LM config's sizes must then match model.decode
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --stage) stage=$2; shift 2 ;;
+    --stage) stage=$2; stage_given=true; shift 2 ;;
     --stop-stage) stop_stage=$2; shift 2 ;;
     --hours) hours=$2; shift 2 ;;
     --epochs) epochs=$2; shift 2 ;;
@@ -72,11 +73,13 @@ exp_dir=${exp_dir:-"$recipe_dir/exp/${name}_${hours}h${epochs:+_${epochs}ep}${no
 lm_dir="$recipe_dir/exp/$(basename "$lm_config" .yaml)_seed_${seed}"
 mkdir -p "$dump" "$exp_dir"
 
+redo=$stage_given  # once a stage runs, every later one runs too: its inputs may have changed
 run_stage() {  # run_stage N MARKER DESCRIPTION: true when stage N must run
   local n=$1 marker=$2
   [ "$stage" -le "$n" ] && [ "$stop_stage" -ge "$n" ] || return 1
-  if [ -f "$marker" ] && [ "$stage" -lt "$n" ]; then echo "== stage $n: $3 (done, skipped)" >&2; return 1; fi
+  if [ -f "$marker" ] && [ "$redo" = false ]; then echo "== stage $n: $3 (done, skipped)" >&2; return 1; fi
   echo "== stage $n: $3" >&2
+  redo=true
   rm -f "$marker"
 }
 
