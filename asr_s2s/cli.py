@@ -155,7 +155,7 @@ def cmd_train(args) -> int:
     from asr_s2s.package import save_package
     from asr_s2s.tokenizer import CharTokenizer
     from asr_s2s import distributed
-    from asr_s2s.trainer import Trainer, seed_everything
+    from asr_s2s.trainer import Trainer, latest_checkpoint, seed_everything
 
     config = _with_epochs(load_config(args.config), args.epochs)
     if args.threads:
@@ -169,7 +169,7 @@ def cmd_train(args) -> int:
     seed_everything(config.train.seed)
     model = ASRModel(config.model, tokenizer, CMVNStats.load(args.cmvn), registry)
     exp_dir = Path(args.exp_dir)
-    resuming = args.resume and any((exp_dir / "checkpoints").glob("*.pt"))
+    resuming = args.resume and latest_checkpoint(exp_dir) is not None
     if args.init_decoder_from_lm and not resuming:  # a resumed run's checkpoint holds the decoder
         from asr_s2s.package import init_decoder_from_lm
 

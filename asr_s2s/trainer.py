@@ -120,6 +120,24 @@ def _number(path: Path) -> int | None:
         return None
 
 
+def latest_checkpoint(exp_dir: str | Path) -> Path | None:
+    """The newer of ``exp_dir``'s last epoch checkpoint and its (mid-epoch) step checkpoint, if any."""
+    folder = Path(exp_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return None
+
+    def last(pattern: str) -> Path | None:
+        numbered = [(n, p) for p in folder.glob(pattern) if (n := _number(p)) is not None]
+        return max(numbered)[1] if numbered else None
+
+    epoch_file, step_file = last("epoch-*.pt"), last("step-*.pt")
+    if epoch_file is None or step_file is None:
+        return epoch_file or step_file
+    # a step checkpoint is removed once its epoch's checkpoint is written; one a crash left behind is older
+    finished = int(read_checkpoint(step_file, required=("epoch",), mmap=True)["epoch"])
+    return step_file if finished >= _number(epoch_file) else epoch_file
+
+
 class Trainer:
     """Runs epochs, validates, logs and checkpoints. ``fit(resume=True)`` continues a run."""
 
@@ -211,20 +229,7 @@ class Trainer:
 
     def latest_checkpoint(self) -> Path | None:
         """The newer of the last epoch checkpoint and the (mid-epoch) step checkpoint, if any."""
-        folder = self.exp_dir / CHECKPOINT_DIR
-        if not folder.is_dir():
-            return None
-
-        def last(pattern: str) -> Path | None:
-            numbered = [(n, p) for p in folder.glob(pattern) if (n := _number(p)) is not None]
-            return max(numbered)[1] if numbered else None
-
-        epoch_file, step_file = last("epoch-*.pt"), last("step-*.pt")
-        if epoch_file is None or step_file is None:
-            return epoch_file or step_file
-        # a step checkpoint is removed once its epoch's checkpoint is written; one a crash left behind is older
-        finished = int(read_checkpoint(step_file, required=("epoch",), mmap=True)["epoch"])
-        return step_file if finished >= _number(epoch_file) else epoch_file
+        return latest_checkpoint(self.exp_dir)
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore a state written by :meth:`save_checkpoint`, mid-epoch ones included.

@@ -288,3 +288,5 @@ def test_cli_train_starts_the_decoder_from_the_lm(run_cli, lm_package, fixture_u
     first = {exp: json.loads((tmp_path / exp / "train_log.jsonl").read_text().splitlines()[0]) for exp in ("started", "fresh")}
     assert first["started"]["step"] == first["fresh"]["step"] == 1
     assert first["started"]["accuracy"] > 0.5 > first["fresh"]["accuracy"]
+    code, _, err = train("started", "--init-decoder-from-lm", tmp_path / "moved", "--resume")
+    assert code == 0, err  # resumed: the checkpoint holds the decoder, the LM is not read
