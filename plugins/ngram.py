@@ -15,7 +15,20 @@ Two granularities (``unit``):
     ARPA words are words spelled in the tokenizer's characters (case
     sensitive). A word is scored when the space or ``<eos>`` after it is
     appended; other characters score 0. Spelled words the LM lacks score as
-    ``<unk>``.
+    ``<unk>`` (or ``oov_logprob``).
+
+    With ``lookahead`` (Hori et al. 2018, "End-to-end speech recognition with
+    word-based RNN language models"), every character is scored instead: after
+    history ``h``, a prefix ``p`` has the mass ``S(p | h)`` of all LM words
+    spelled ``p...``, and appending ``c`` scores ``log S(pc | h) - log S(p | h)``;
+    the space after a word ``w`` scores ``log p(w | h) - log S(w | h)``. A
+    word's scores add up to ``log p(w | h)``, but a misspelling is penalised at
+    the character where it leaves the LM's words, while the beam can still
+    mend it. That character scores ``p(<unk> | h)`` (or ``oov_logprob``) over
+    ``S(p | h)``; the rest of that word scores 0. The masses are exact for the
+    back-off model: words are numbered in sorted order, so the words under a
+    prefix are one range of ids, and ``S`` is a few prefix-sum lookups per
+    n-gram order (see :class:`WordLookahead`).
 
 Shape letters: ``N`` hypotheses, ``V`` vocabulary size, ``M`` any number of
 (history, word) queries. All log-probabilities here are natural logs.
@@ -49,6 +62,7 @@ BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 SPACE_WORD = "<space>"  # how a char-level ARPA spells the space token
 UNITS = ("char", "word")
 ROOT = 0  # history id of the empty history, and node id of the trie root
+TINY = 1e-300  # smallest probability mass taken to a log (a rounding-error zero)
 
 _NGRAM_COUNT = re.compile(r"ngram\s+(\d+)\s*=\s*(\d+)")
 _SECTION = re.compile(r"\\(\d+)-grams:")
@@ -319,30 +333,88 @@ class SpellingTrie:
         self.vocab_size = len(tokenizer.tokens)
         children: dict[tuple[int, int], int] = {}
         node_word = [tables.oov_id]
+        first, end = [len(tables.words)], [0]  # per node: the lowest and one past the highest word id below it
         for word in tables.words:
             if word in (BOS, EOS, UNK) or not all(c in token_ids for c in word):
                 continue  # unspellable with these tokens
             node = ROOT
+            path = [ROOT]
             for c in word:
                 key = (node, token_ids[c])
                 if key not in children:
                     children[key] = len(node_word)
                     node_word.append(tables.oov_id)
+                    first.append(len(tables.words))
+                    end.append(0)
                 node = children[key]
+                path.append(node)
             node_word[node] = tables.word_ids[word]
+            for node in path:
+                first[node], end[node] = min(first[node], tables.word_ids[word]), max(end[node], tables.word_ids[word] + 1)
         self.off = len(node_word)
         self.word = torch.tensor([*node_word, tables.oov_id], dtype=torch.long)  # (nodes + 1,)
+        # words are numbered in sorted order, so the words under a node are the ids [first, end)
+        # (plus unspellable ones, which spellable masks); the off node has none
+        self.first = torch.tensor([*(f if f < e else 0 for f, e in zip(first, end)), 0], dtype=torch.long)  # (nodes + 1,)
+        self.end = torch.tensor([*(e if f < e else 0 for f, e in zip(first, end)), 0], dtype=torch.long)  # (nodes + 1,)
+        self.spellable = torch.zeros(tables.stride, dtype=torch.bool)  # (words + 1,), by word id
+        self.spellable[[i for i in node_word if i != tables.oov_id]] = True
+        self.letters = torch.zeros(self.vocab_size, dtype=torch.bool)  # (V,): tokens that spell words
+        self.letters[list(token_ids.values())] = True
         self.keys, self.child = _sorted_table([n * self.vocab_size + t for n, t in children], list(children.values()), torch.long)
 
     def to(self, device: torch.device) -> SpellingTrie:
         """Move every table to ``device`` (in place); returns self."""
-        self.word, self.keys, self.child = self.word.to(device), self.keys.to(device), self.child.to(device)
+        for name in ("word", "first", "end", "spellable", "letters", "keys", "child"):
+            setattr(self, name, getattr(self, name).to(device))
         return self
 
     def step(self, node: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
         """Child nodes ``(M,)`` after appending ``token`` ``(M,)`` to ``node`` ``(M,)``; :attr:`off` if none."""
         child, found = _lookup(self.keys, self.child, node * self.vocab_size + token)
         return torch.where(found, child, self.off)
+
+
+class WordLookahead:
+    """``S(node | h)``: the probability mass of the spellable LM words below a trie node, after a history.
+
+    With ``p(w | h) = P(h w)`` for a listed n-gram and ``bow(h) p(w | h')`` otherwise
+    (``h'``: ``h`` without its oldest word), a range ``R`` of word ids has the mass
+    ``S(R | h) = bow(h) S(R | h') + sum over the n-grams (h, w) listed with w in R of
+    D(h, w)``, where ``D(h, w) = P(h w) - bow(h) p(w | h')`` (``D(w) = P(w)`` for
+    unigrams). Listed n-grams are sorted by ``history * stride + word``, so that sum is
+    the difference of two prefix sums of ``D``: one pair of lookups per order.
+    """
+
+    def __init__(self, tables: NgramTables, trie: SpellingTrie) -> None:
+        self.tables, self.trie = tables, trie
+        keys = tables.ngram_keys
+        history, word = keys // tables.stride, keys % tables.stride  # (G,), (G,)
+        prob = tables.ngram_logprob.exp()
+        lower = (tables.backoff[history] + tables.logprob(tables.suffix[history], word)).exp()
+        gain = torch.where(history == ROOT, prob, prob - lower) * trie.spellable[word]
+        self.cumulative = torch.cat([gain.new_zeros(1), gain.cumsum(0)])  # (G + 1,) float64
+
+    def to(self, device: torch.device) -> WordLookahead:
+        """Move the prefix sums to ``device`` (in place); returns self."""
+        self.cumulative = self.cumulative.to(device)
+        return self
+
+    def mass(self, history: torch.Tensor, node: torch.Tensor) -> torch.Tensor:
+        """``S(node | history)`` ``(M,)`` float64 for history ids and trie nodes ``(M,)``; 0 for the off node."""
+        tables, keys = self.tables, self.tables.ngram_keys
+        first, end = self.trie.first[node], self.trie.end[node]
+        total = torch.zeros(history.shape, dtype=torch.float64, device=history.device)
+        scale = torch.ones_like(total)
+        pending = torch.ones_like(history, dtype=torch.bool)
+        for _ in range(tables.order):  # one level per history length, down to the root
+            base = history * tables.stride
+            listed = self.cumulative[torch.searchsorted(keys, base + end)] - self.cumulative[torch.searchsorted(keys, base + first)]
+            total = torch.where(pending, total + scale * listed, total)
+            pending = pending & (history != ROOT)
+            scale = scale * tables.backoff[history].exp()
+            history = tables.suffix[history]
+        return total
 
 
 # -- the scorer ---------------------------------------------------------------------------------
@@ -354,10 +426,17 @@ class NgramState:
     node: torch.Tensor | None = None
 
 
-def _check_unit(unit: str) -> None:
-    """:raises ConfigError: unless ``unit`` is one of :data:`UNITS`."""
+def _check_options(unit: str, lookahead: bool, oov_logprob: float | None) -> None:
+    """:raises ConfigError: unless ``unit`` is one of :data:`UNITS`, ``lookahead`` a bool (word level only)
+    and ``oov_logprob`` None or a non-positive number."""
     if unit not in UNITS:
         raise ConfigError(f"ngram scorer: unit must be one of {', '.join(map(repr, UNITS))}, got {unit!r}")
+    if not isinstance(lookahead, bool):
+        raise ConfigError(f"ngram scorer: lookahead must be true or false, got {lookahead!r}")
+    if lookahead and unit != "word":
+        raise ConfigError("ngram scorer: lookahead needs unit 'word' (a char-level LM already scores every character)")
+    if oov_logprob is not None and (isinstance(oov_logprob, bool) or not isinstance(oov_logprob, (int, float)) or not oov_logprob <= 0):
+        raise ConfigError(f"ngram scorer: oov_logprob must be a natural-log probability <= 0, got {oov_logprob!r}")
 
 
 class NgramScorer(Scorer):
@@ -365,12 +444,21 @@ class NgramScorer(Scorer):
 
     name = "ngram"
 
-    def __init__(self, tables: NgramTables, tokenizer: CharTokenizer, unit: str = "char") -> None:
-        _check_unit(unit)
+    def __init__(
+        self,
+        tables: NgramTables,
+        tokenizer: CharTokenizer,
+        unit: str = "char",
+        lookahead: bool = False,
+        oov_logprob: float | None = None,
+    ) -> None:
+        _check_options(unit, lookahead, oov_logprob)
         self.tables, self.unit = tables, unit
+        self.oov_logprob = oov_logprob
         self.vocab_size = len(tokenizer.tokens)
         self.eos_id = tokenizer.eos_id
         self.eos_word = tables.word_id(EOS)
+        self.lookahead: WordLookahead | None = None
         if unit == "char":
             self.trie = None
             self.token_words = torch.tensor([self._char_word(t, i, tokenizer) for i, t in enumerate(tokenizer.tokens)])  # (V,)
@@ -379,6 +467,8 @@ class NgramScorer(Scorer):
                 raise ConfigError("ngram scorer: unit 'word' needs a space token in the vocabulary")
             self.space_id = tokenizer.tokens.index(" ")
             self.trie = SpellingTrie(tables, tokenizer)
+            if lookahead:
+                self.lookahead = WordLookahead(tables, self.trie)
 
     def _char_word(self, token: str, token_id: int, tokenizer: CharTokenizer) -> int:
         """The LM word id of one token at char level."""
@@ -387,13 +477,19 @@ class NgramScorer(Scorer):
         return self.tables.word_id(SPACE_WORD if token == " " else token)
 
     @classmethod
-    def from_model(cls, model: ASRModel, *, path: str, unit: str = "char") -> NgramScorer:
-        """Read the ARPA file at ``path``; ``unit`` is ``"char"`` or ``"word"``.
+    def from_model(
+        cls, model: ASRModel, *, path: str, unit: str = "char", lookahead: bool = False, oov_logprob: float | None = None
+    ) -> NgramScorer:
+        """Read the ARPA file at ``path``.
 
-        :raises ConfigError: for a bad ``unit``; :class:`ArpaError` for a bad file.
+        :param unit: ``"char"`` or ``"word"`` (see the module docstring).
+        :param lookahead: word level only: score every character by the mass of the LM words it can still spell.
+        :param oov_logprob: word level only: natural-log probability of a word the LM lacks, instead of
+            ``<unk>``'s (toolkits differ widely in the mass they give ``<unk>``).
+        :raises ConfigError: for a bad option; :class:`ArpaError` for a bad file.
         """
-        _check_unit(unit)
-        return cls(NgramTables(read_arpa(path)), model.tokenizer, unit)
+        _check_options(unit, lookahead, oov_logprob)
+        return cls(NgramTables(read_arpa(path)), model.tokenizer, unit, lookahead, oov_logprob)
 
     def _to(self, device: torch.device) -> None:
         """Move the tables to ``device`` if they are elsewhere."""
@@ -401,6 +497,8 @@ class NgramScorer(Scorer):
             self.tables.to(device)
             if self.trie is not None:
                 self.trie.to(device)
+            if self.lookahead is not None:
+                self.lookahead.to(device)
         if self.unit == "char" and self.token_words.device != device:
             self.token_words = self.token_words.to(device)
 
@@ -419,7 +517,10 @@ class NgramScorer(Scorer):
 
         :param prefix: ``(N, L)`` tokens so far (unused: the state holds the history).
         """
-        scores = self._char_scores(state) if self.unit == "char" else self._word_scores(state)
+        if self.unit == "char":
+            scores = self._char_scores(state)
+        else:
+            scores = self._word_scores(state) if self.lookahead is None else self._lookahead_scores(state)
         return scores.float(), state
 
     def _char_scores(self, state: NgramState) -> torch.Tensor:
@@ -434,13 +535,41 @@ class NgramScorer(Scorer):
         history, node = state.history, state.node
         in_word = node != ROOT  # (N,)
         word = self.trie.word[node]  # (N,)
-        word_logprob = self.tables.logprob(history, word)
+        word_logprob = self._word_logprob(history, word)
         after = self.tables.next_history(history, word)
         eos = torch.full_like(history, self.eos_word)
         end_after_word = word_logprob + self.tables.logprob(after, eos)
         scores = torch.zeros(history.shape[0], self.vocab_size, dtype=torch.float64, device=history.device)
         scores[:, self.space_id] = torch.where(in_word, word_logprob, 0.0)
         scores[:, self.eos_id] = torch.where(in_word, end_after_word, self.tables.logprob(history, eos))
+        return scores
+
+    def _word_logprob(self, history: torch.Tensor, word: torch.Tensor) -> torch.Tensor:
+        """``(M,)`` float64 log p(word | history), with ``oov_logprob`` (if set) for words the LM lacks."""
+        logprob = self.tables.logprob(history, word)
+        if self.oov_logprob is None:
+            return logprob
+        return torch.where(word == self.tables.oov_id, self.oov_logprob, logprob)
+
+    def _lookahead_scores(self, state: NgramState) -> torch.Tensor:
+        """``(N, V)`` float64 look-ahead scores of every token (see the module docstring)."""
+        history, node, trie = state.history, state.node, self.trie
+        n, v = node.shape[0], self.vocab_size
+        off = node == trie.off  # (N,): inside a word the LM lacks
+        # log S(node | h); the root's mass counts as 1: its words and </s> share the whole distribution
+        parent = torch.where(node == ROOT, 0.0, self.lookahead.mass(history, node).clamp_min(TINY).log())  # (N,)
+        oov = self._word_logprob(history, torch.full_like(history, self.tables.oov_id))  # (N,)
+        child = trie.step(node.repeat_interleave(v), torch.arange(v, device=node.device).repeat(n)).view(n, v)
+        child_mass = self.lookahead.mass(history.repeat_interleave(v), child.flatten()).view(n, v)
+        letter = torch.where(child == trie.off, oov[:, None], child_mass.clamp_min(TINY).log()) - parent[:, None]
+        scores = torch.where(trie.letters & ~off[:, None], letter, 0.0)  # (N, V)
+        word = trie.word[node]
+        # the space after a word, and <eos> after a word or at a word boundary
+        finish = torch.where(off, 0.0, self._word_logprob(history, word) - parent)
+        after = torch.where(node == ROOT, history, self.tables.next_history(history, word))
+        scores[:, self.space_id] = torch.where(node == ROOT, 0.0, finish)
+        eos = torch.full_like(history, self.eos_word)
+        scores[:, self.eos_id] = torch.where(node == ROOT, 0.0, finish) + self.tables.logprob(after, eos)
         return scores
 
     def select(self, state: NgramState, index: torch.Tensor, tokens: torch.Tensor) -> NgramState:

@@ -351,6 +351,91 @@ def test_word_level_scores_at_word_ends_only(tmp_path):
     assert float(totals[3]) == pytest.approx(ref_sentence(ngrams, ["<unk>", "THE", "CAT"]), abs=1e-3)
 
 
+def random_word_lm(seed: int) -> tuple[Ngrams, list[str]]:
+    """A random word trigram LM over short words of A-C (some a prefix of others), with some n-grams missing."""
+    rng = random.Random(seed)
+    words = sorted({"".join(rng.choice("ABC") for _ in range(rng.randint(1, 3))) for _ in range(14)})
+    uni = {(w,): (round(rng.uniform(-2.5, -0.3), 4), round(rng.uniform(-1.0, 0.3), 4)) for w in [*words, "<unk>"]}
+    uni[("<s>",)] = (-99.0, round(rng.uniform(-1.0, 0.3), 4))
+    uni[("</s>",)] = (-1.0, None)
+    contexts, predicted = ["<s>", *words], [*words, "</s>"]
+    bi = {(a, b): (round(rng.uniform(-2.0, -0.1), 4), round(rng.uniform(-1.0, 0.3), 4))
+          for a in contexts for b in predicted if rng.random() < 0.3}
+    tri = {(*ab, c): (round(rng.uniform(-2.0, -0.1), 4), None) for ab in bi if ab[1] != "</s>"
+           for c in predicted if rng.random() < 0.2}
+    return [uni, bi, tri], words
+
+
+def ref_prefix_mass(ngrams: Ngrams, words: list[str], context: list[str], prefix: str) -> float:
+    """Brute force: the summed p(w | context) of the LM words that start with ``prefix``."""
+    return sum(math.exp(ref_logprob(ngrams, context, w)) for w in words if w.startswith(prefix))
+
+
+def test_lookahead_scores_each_character_by_the_mass_of_the_words_it_can_still_spell(tmp_path):
+    ngrams, words = random_word_lm(3)
+    scorer = NgramScorer.from_model(FAKE_MODEL, path=write_arpa(tmp_path / "w.arpa", ngrams), unit="word", lookahead=True)
+    oov_word = next(w for w in ("CCCC", "ACCA", "BBBB") if w not in words)
+    texts = [f"{words[0]} {words[-1]}", f"{oov_word} {words[1]}", f"{words[2]}  {words[3]}"]
+    width = max(map(len, texts))
+    texts = [t.ljust(width) for t in texts]  # trailing spaces: one batch of equal lengths
+    space, eos = ids(" ")[0], TOKENIZER.eos_id
+
+    def check(step, scores):
+        for row, text in enumerate(texts):
+            done, partial = text[:step].rsplit(" ", 1) if " " in text[:step] else ("", text[:step])
+            context = ["<s>", *("<unk>" if w not in words else w for w in done.split())]
+            if partial and not any(w.startswith(partial) for w in words):
+                continue  # inside a word the LM lacks: checked through the sentence total below
+            parent = ref_prefix_mass(ngrams, words, context, partial) if partial else 1.0
+            for letter in "ABC":
+                expected = ref_prefix_mass(ngrams, words, context, partial + letter)
+                if expected == 0:  # leaves the LM's words: p(<unk>) over the mass so far
+                    expected = math.exp(ref_logprob(ngrams, context, "<unk>"))
+                assert float(scores[row, ids(letter)[0]]) == pytest.approx(math.log(expected / parent), abs=1e-4)
+            assert float(scores[row, ids("Z")[0]]) == pytest.approx(math.log(math.exp(ref_logprob(ngrams, context, "<unk>")) / parent), abs=1e-4)
+            if partial:
+                word = ref_logprob(ngrams, context, partial)  # <unk> for a prefix that is no word
+                assert float(scores[row, space]) == pytest.approx(word - math.log(parent), abs=1e-4)
+                end = word - math.log(parent) + ref_logprob(ngrams, [*context, partial], "</s>")
+            else:
+                assert float(scores[row, space]) == 0.0
+                end = ref_logprob(ngrams, context, "</s>")
+            assert float(scores[row, eos]) == pytest.approx(end, abs=1e-4)
+
+    totals = run_scorer(scorer, texts, check)
+    for row, text in enumerate(texts):  # the characters of each word add up to its log-probability
+        assert float(totals[row]) == pytest.approx(ref_sentence(ngrams, text.split()), abs=1e-3)
+
+
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_oov_logprob_replaces_unk(tmp_path, lookahead):
+    path = tmp_path / "w.arpa"
+    path.write_text(WORD_ARPA)
+    scorer = NgramScorer.from_model(FAKE_MODEL, path=str(path), unit="word", lookahead=lookahead, oov_logprob=-20.0)
+    totals = run_scorer(scorer, ["THE DOG SAT", "THE CAT SAT"], lambda step, scores: None)
+    # DOG scores -20 instead of p(<unk> | THE); the history still reads <unk>, so SAT scores p(SAT | <unk>)
+    assert float(totals[0]) == pytest.approx((-0.2 - 0.6 - 0.3) * LN10 - 20.0, abs=1e-3)
+    assert float(totals[1]) == pytest.approx((-0.2 - 0.5 - 0.7 - 0.3) * LN10, abs=1e-3)
+
+
+def test_lookahead_prefers_a_real_word_at_its_first_wrong_letter(tmp_path):
+    path = tmp_path / "w.arpa"
+    path.write_text(WORD_ARPA)
+    plain = NgramScorer.from_model(FAKE_MODEL, path=str(path), unit="word")
+    ahead = NgramScorer.from_model(FAKE_MODEL, path=str(path), unit="word", lookahead=True)
+    seen = {}
+    for name, scorer in (("plain", plain), ("ahead", ahead)):
+        def check(step, scores, name=name):
+            if step == 5:  # after "THE C": the LM's words go on with A (CAT, CATS), not with O
+                seen[name] = float(scores[0, ids("A")[0]] - scores[0, ids("O")[0]])
+        run_scorer(scorer, ["THE CAT"], check)
+    ngrams = parse_simple(WORD_ARPA)
+    cat_or_cats = sum(math.exp(ref_logprob(ngrams, ["<s>", "THE"], w)) for w in ("CAT", "CATS"))
+    assert seen["plain"] == 0.0
+    assert seen["ahead"] == pytest.approx(math.log(cat_or_cats) - ref_logprob(ngrams, ["<s>", "THE"], "<unk>"), abs=1e-4)
+    assert seen["ahead"] > 0.9
+
+
 # -- (5) errors ---------------------------------------------------------------------------------
 def test_missing_file(tmp_path):
     path = tmp_path / "nope.arpa"
@@ -390,6 +475,20 @@ def test_corrupt_files(tmp_path, change, match):
 def test_bad_unit(trigram_path):
     with pytest.raises(ConfigError, match="unit must be one of 'char', 'word', got 'phone'"):
         NgramScorer.from_model(FAKE_MODEL, path=trigram_path, unit="phone")
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"unit": "char", "lookahead": True}, "lookahead needs unit 'word'"),
+        ({"unit": "word", "lookahead": "yes"}, "lookahead must be true or false, got 'yes'"),
+        ({"unit": "word", "oov_logprob": 3.0}, "oov_logprob must be a natural-log probability <= 0, got 3.0"),
+        ({"unit": "word", "oov_logprob": "low"}, "oov_logprob must be a natural-log probability <= 0, got 'low'"),
+    ],
+)
+def test_bad_options(trigram_path, options, match):
+    with pytest.raises(ConfigError, match=match):
+        NgramScorer.from_model(FAKE_MODEL, path=trigram_path, **options)
 
 
 # -- (6, 7) beam search -------------------------------------------------------------------------
