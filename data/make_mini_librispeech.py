@@ -64,8 +64,10 @@ Output (``DIR``):
     espeak-ng voice, SEX the gender espeak-ng lists for the variant); ``SPLITS.json`` (held-out accents, variants and speakers and
     counts per split); ``lm-text.txt`` (the language-model corpus, as LibriSpeech's
     ``librispeech-lm-norm.txt``: every sentence of the training pool, one per line,
-    spoken or not; no dev or test sentence is in it); ``.build.json`` (the build
-    parameters, written last).
+    spoken or not; no dev or test sentence is in it); ``lm-glosses.txt`` (more
+    language-model text: WordNet's definitions, i.e. the glosses without their
+    examples, normalised the same way, one per line, minus any sentence of the dev
+    or test pool); ``.build.json`` (the build parameters, written last).
     Re-running with the same parameters on a complete build does nothing; a partial
     build, or one made with other parameters, is deleted and rebuilt.
 
@@ -188,6 +190,7 @@ STAGING_DIR = ".staging"
 SPEAKERS_FILE = "SPEAKERS.TXT"
 SPLITS_FILE = "SPLITS.json"
 LM_TEXT_FILE = "lm-text.txt"
+GLOSS_TEXT_FILE = "lm-glosses.txt"
 LICENSE_FILE = "WORDNET_LICENSE.txt"
 
 
@@ -306,6 +309,7 @@ def require_wordnet_files() -> list[Path]:
 # --------------------------------------------------------------------------- sentences
 
 QUOTED_EXAMPLE_RE = re.compile(r'"([^"]*)"')
+PARENTHESISED_RE = re.compile(r"\([^()]*\)")
 NORMALISED_TEXT_RE = re.compile(r"[A-Z' ]*")
 CHARACTER_MAP = str.maketrans(
     {
@@ -321,15 +325,31 @@ LEADING_ELISIONS = frozenset(
 TRAILING_ELISIONS = frozenset("O' TH' AN' N'".split())
 
 
-def wordnet_examples(path: Path) -> Iterator[str]:
-    """Yield the raw example sentences (quoted strings after ``|``) of one data file."""
+def wordnet_glosses(path: Path) -> Iterator[str]:
+    """Yield the glosses (the text after ``|``: definitions and quoted examples) of one data file."""
     with path.open(encoding="utf-8", errors="replace") as lines:
         for line in lines:
             if line.startswith("  "):  # licence header
                 continue
             _, separator, gloss = line.partition(" | ")
             if separator:
-                yield from QUOTED_EXAMPLE_RE.findall(gloss)
+                yield gloss
+
+
+def wordnet_examples(path: Path) -> Iterator[str]:
+    """Yield the raw example sentences (quoted strings after ``|``) of one data file."""
+    for gloss in wordnet_glosses(path):
+        yield from QUOTED_EXAMPLE_RE.findall(gloss)
+
+
+def wordnet_definitions(path: Path) -> Iterator[str]:
+    """Yield the raw definitions of one data file: the ``;``-separated parts of each gloss
+    that are not quoted examples, without parenthesised asides."""
+    for gloss in wordnet_glosses(path):
+        for part in QUOTED_EXAMPLE_RE.sub(";", gloss).split(";"):
+            part = PARENTHESISED_RE.sub(" ", part).strip()
+            if part:
+                yield part
 
 
 def is_kept_trailing_apostrophe(word: str) -> bool:
@@ -378,6 +398,12 @@ def load_sentences(paths: Iterable[Path]) -> list[str]:
     """Return the sorted, de-duplicated normalised example sentences of WordNet."""
     normalised = (normalise_sentence(raw) for path in paths for raw in wordnet_examples(path))
     return sorted({sentence for sentence in normalised if sentence})
+
+
+def load_definitions(paths: Iterable[Path], exclude: Iterable[str]) -> list[str]:
+    """Return the sorted, de-duplicated normalised definitions of WordNet, minus ``exclude``."""
+    normalised = (normalise_sentence(raw) for path in paths for raw in wordnet_definitions(path))
+    return sorted({sentence for sentence in normalised if sentence} - set(exclude))
 
 
 # --------------------------------------------------------------------------- voices
@@ -922,9 +948,16 @@ def read_json(path: Path) -> dict | None:
 
 
 def write_lm_text(path: Path, sentences: Sequence[str]) -> None:
-    """The language-model corpus: the training pool's sentences, sorted, one per line."""
+    """A language-model corpus: ``sentences``, sorted, one per line."""
     path.write_text("".join(f"{sentence}\n" for sentence in sorted(sentences)))
     print(f"{path}: {len(sentences)} sentences for language-model training.", flush=True)
+
+
+def write_lm_texts(out_dir: Path, wordnet_files: Sequence[Path], pools: dict[str, list[str]]) -> None:
+    """``lm-text.txt`` (the training pool) and ``lm-glosses.txt`` (definitions, no dev/test sentence)."""
+    write_lm_text(out_dir / LM_TEXT_FILE, pools[TRAIN_SPLIT])
+    held_out = [sentence for split in EVAL_SPLITS for sentence in pools[split]]
+    write_lm_text(out_dir / GLOSS_TEXT_FILE, load_definitions(wordnet_files, held_out))
 
 
 def write_json(path: Path, value: dict) -> None:
@@ -1047,16 +1080,18 @@ def build(args: argparse.Namespace) -> None:
     """Build the corpus described by ``args`` into ``args.out``."""
     out_dir: Path = args.out
     parameters = build_parameters(args)
-    if is_complete_build(out_dir, parameters) and (out_dir / LM_TEXT_FILE).is_file():
+    lm_texts = (out_dir / LM_TEXT_FILE, out_dir / GLOSS_TEXT_FILE)
+    if is_complete_build(out_dir, parameters) and all(path.is_file() for path in lm_texts):
         print(f"{out_dir} already holds a complete build with these parameters; nothing to do.")
         return
-    sentences = load_sentences(require_wordnet_files())
+    wordnet_files = require_wordnet_files()
+    sentences = load_sentences(wordnet_files)
     print(f"Found {len(sentences)} usable WordNet example sentences.", flush=True)
     seeds = np.random.SeedSequence(args.seed).spawn(6)
     speaker_rng, held_out_rng, sentence_rng, *split_rngs = map(np.random.default_rng, seeds)
-    if is_complete_build(out_dir, parameters):  # built before the LM text existed
+    if is_complete_build(out_dir, parameters):  # built before the LM texts existed
         pools = partition_sentences(sentences, args.dev_fraction, args.test_fraction, sentence_rng)
-        write_lm_text(out_dir / LM_TEXT_FILE, pools[TRAIN_SPLIT])
+        write_lm_texts(out_dir, wordnet_files, pools)
         return
     require_espeak()
 
@@ -1101,7 +1136,7 @@ def build(args: argparse.Namespace) -> None:
         write_split(layout[split], out_dir, staging_dir)
     check_disjoint_sentences(layout)
     shutil.rmtree(staging_dir)
-    write_lm_text(out_dir / LM_TEXT_FILE, pools[TRAIN_SPLIT])
+    write_lm_texts(out_dir, wordnet_files, pools)
 
     summary = {split: split_summary(layout[split], held_out) for split in SPLITS}
     write_speakers_file(out_dir / SPEAKERS_FILE, speakers, layout)
