@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -12,11 +13,20 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
     The parent folder is created; an interrupted write leaves the old file (or
     none) and no temporary file behind.
     """
+    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Call ``write(temporary sibling)``, then ``os.replace`` it onto ``path``.
+
+    The parent folder is created; an interrupted write leaves the old file (or
+    none) and no temporary file behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -36,8 +36,12 @@ Shape letters: ``N`` hypotheses, ``V`` vocabulary size, ``M`` any number of
 
 from __future__ import annotations
 
+import functools
 import gzip
+import json
+import logging
 import math
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -46,13 +50,19 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
 from asr_s2s.errors import ConfigError
+from asr_s2s.files import write_atomically
 from asr_s2s.hookspecs import hookimpl
 from asr_s2s.interfaces import Scorer
 
 if TYPE_CHECKING:
     from asr_s2s.model import ASRModel
     from asr_s2s.tokenizer import CharTokenizer
+
+log = logging.getLogger(__name__)
 
 LN_10 = math.log(10.0)  # natural log units per log10 unit
 FLOOR_LOG10 = -99.0  # log10 probability of a word with no unigram and no <unk> (SRILM's "zero")
@@ -62,6 +72,8 @@ BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 SPACE_WORD = "<space>"  # how a char-level ARPA spells the space token
 UNITS = ("char", "word")
 ROOT = 0  # history id of the empty history, and node id of the trie root
+TABLES_SUFFIX = ".tables.safetensors"  # compiled tables, cached beside the ARPA file
+TABLES_FORMAT = "1"  # bump when NgramTables' saved layout changes
 TINY = 1e-300  # smallest probability mass taken to a log (a rounding-error zero)
 
 _NGRAM_COUNT = re.compile(r"ngram\s+(\d+)\s*=\s*(\d+)")
@@ -231,16 +243,19 @@ class NgramTables:
     Word ids index :attr:`words`; one more id, :attr:`oov_id` (that of
     ``<unk>`` when the model has it), stands for words the model lacks.
     Keys are ``history_id * stride + word_id`` with ``stride = len(words) + 1``.
+    :func:`load_tables` caches the compiled tables beside the ARPA file.
     """
 
+    TENSORS = ("backoff", "suffix", "length", "ngram_keys", "ngram_logprob", "child_keys", "child_history", "histories")
+
     def __init__(self, arpa: ArpaModel) -> None:
-        self.order = arpa.order
-        self.words: list[str] = sorted({w for table in arpa.ngrams for ngram in table for w in ngram})
-        self.word_ids = {w: i for i, w in enumerate(self.words)}
-        self.stride = len(self.words) + 1
-        self.oov_id = self.word_ids.get(UNK, len(self.words))
+        self._set_words(sorted({w for table in arpa.ngrams for ngram in table for w in ngram}), arpa.order)
         histories = self._histories(arpa)
         self.history_ids = {h: i for i, h in enumerate(histories)}
+        width = max(self.order - 1, 1)
+        self.histories = torch.tensor(  # (H, max(order - 1, 1)): each history's word ids, -1 padded
+            [[self.word_ids[w] for w in h] + [-1] * (width - len(h)) for h in histories], dtype=torch.long
+        )
         self.backoff = torch.tensor([self._entry(arpa, h)[1] for h in histories], dtype=torch.float64)  # (H,)
         self.suffix = torch.tensor([self.history_ids[h[1:]] if h else ROOT for h in histories], dtype=torch.long)  # (H,)
         self.length = torch.tensor([len(h) for h in histories], dtype=torch.long)  # (H,)
@@ -253,6 +268,36 @@ class NgramTables:
             [self._key(h[:-1], h[-1]) for h in histories if h], [self.history_ids[h] for h in histories if h], torch.long
         )
         self.start = self.history_ids.get((BOS,), ROOT)  # history id of the sentence start
+
+    def _set_words(self, words: list[str], order: int) -> None:
+        self.order = order
+        self.words = words
+        self.word_ids = {w: i for i, w in enumerate(words)}
+        self.stride = len(words) + 1
+        self.oov_id = self.word_ids.get(UNK, len(words))
+
+    @functools.cached_property
+    def history_ids(self) -> dict[tuple[str, ...], int]:
+        """History id of each history (word tuple); rebuilt from :attr:`histories` for cached tables."""
+        return {tuple(self.words[i] for i in row if i >= 0): h for h, row in enumerate(self.histories.tolist())}
+
+    def saved(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The tables as CPU tensors and string metadata, for :meth:`from_saved`."""
+        meta = {"words": json.dumps(self.words), "order": str(self.order), "start": str(self.start)}
+        return {name: getattr(self, name).cpu().contiguous() for name in self.TENSORS}, meta
+
+    @classmethod
+    def from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> NgramTables:
+        """Tables from :meth:`saved`'s output.
+
+        :raises KeyError, ValueError: for missing or malformed entries.
+        """
+        tables = cls.__new__(cls)
+        tables._set_words(json.loads(meta["words"]), int(meta["order"]))
+        for name in cls.TENSORS:
+            setattr(tables, name, tensors[name])
+        tables.start = int(meta["start"])
+        return tables
 
     @staticmethod
     def _histories(arpa: ArpaModel) -> list[tuple[str, ...]]:
@@ -318,6 +363,46 @@ class NgramTables:
             pending = pending & ~found & (history != ROOT)
             history = self.suffix[history]
         return result
+
+
+def load_tables(path: str | Path) -> NgramTables:
+    """The compiled tables of the ARPA file at ``path``.
+
+    Compiling a large model takes seconds (0.6M n-grams: about 9 s), so the tables
+    are cached in ``PATH.tables.safetensors`` and read from there while the ARPA
+    file keeps the size and modification time it was compiled from. A cache that
+    is stale, unreadable or cannot be written is (re)compiled; never an error.
+
+    :raises ArpaError: for a missing or malformed ARPA file.
+    """
+    path = Path(path)
+    cache = path.with_name(path.name + TABLES_SUFFIX)
+    try:
+        stat = path.stat()
+    except OSError:
+        return NgramTables(read_arpa(path))  # read_arpa names the problem
+    stamp = {"format": TABLES_FORMAT, "arpa_bytes": str(stat.st_size), "arpa_mtime_ns": str(stat.st_mtime_ns)}
+    if cache.is_file():
+        try:
+            with safe_open(str(cache), framework="pt") as saved:
+                meta = saved.metadata() or {}
+                if all(meta.get(k) == v for k, v in stamp.items()):
+                    return NgramTables.from_saved({k: saved.get_tensor(k) for k in saved.keys()}, meta)
+            log.info("%s: compiled from another version of %s; recompiling", cache, path)
+        except (OSError, SafetensorError, KeyError, ValueError) as exc:
+            log.info("%s: unreadable (%s); recompiling", cache, exc)
+    tables = NgramTables(read_arpa(path))
+    tensors, meta = tables.saved()
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp), {**meta, **stamp})
+        os.chmod(tmp, stat.st_mode & 0o666)  # readable by whoever can read the ARPA file
+
+    try:
+        write_atomically(cache, write)
+    except (OSError, SafetensorError) as exc:
+        log.info("%s: tables not cached (%s)", cache, exc)
+    return tables
 
 
 class SpellingTrie:
@@ -489,7 +574,7 @@ class NgramScorer(Scorer):
         :raises ConfigError: for a bad option; :class:`ArpaError` for a bad file.
         """
         _check_options(unit, lookahead, oov_logprob)
-        return cls(NgramTables(read_arpa(path)), model.tokenizer, unit, lookahead, oov_logprob)
+        return cls(load_tables(path), model.tokenizer, unit, lookahead, oov_logprob)
 
     def _to(self, device: torch.device) -> None:
         """Move the tables to ``device`` if they are elsewhere."""

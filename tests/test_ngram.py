@@ -8,6 +8,7 @@ from, never from the plugin's own parser or tables.
 from __future__ import annotations
 
 import math
+import os
 import random
 from types import SimpleNamespace
 
@@ -18,7 +19,7 @@ from asr_s2s.errors import ConfigError
 from asr_s2s.plugins import Registry
 from asr_s2s.search import BeamSearch
 from asr_s2s.tokenizer import CharTokenizer
-from asr_s2s_plugins.ngram import ArpaError, NgramScorer, NgramTables, read_arpa
+from asr_s2s_plugins.ngram import TABLES_SUFFIX, ArpaError, NgramScorer, NgramTables, load_tables, read_arpa
 from conftest import make_search
 
 LN10 = math.log(10)
@@ -434,6 +435,43 @@ def test_lookahead_prefers_a_real_word_at_its_first_wrong_letter(tmp_path):
     assert seen["plain"] == 0.0
     assert seen["ahead"] == pytest.approx(math.log(cat_or_cats) - ref_logprob(ngrams, ["<s>", "THE"], "<unk>"), abs=1e-4)
     assert seen["ahead"] > 0.9
+
+
+def _same_tables(a: NgramTables, b: NgramTables) -> bool:
+    return (a.words, a.order, a.start, a.oov_id, a.history_ids) == (b.words, b.order, b.start, b.oov_id, b.history_ids) and all(
+        torch.equal(getattr(a, name), getattr(b, name)) for name in NgramTables.TENSORS
+    )
+
+
+def test_compiled_tables_are_cached_beside_the_arpa_file(tmp_path):
+    ngrams, _ = random_word_lm(4)
+    path = write_arpa(tmp_path / "w.arpa", ngrams)
+    cache = tmp_path / ("w.arpa" + TABLES_SUFFIX)
+    first = load_tables(path)
+    assert cache.is_file() and _same_tables(first, NgramTables(read_arpa(path)))
+    # while the ARPA file keeps its size and modification time, the cache is what is read:
+    # garbage of the same size, with the old time stamp, still loads the same tables
+    stat = (tmp_path / "w.arpa").stat()
+    (tmp_path / "w.arpa").write_text("x" * stat.st_size)
+    os.utime(tmp_path / "w.arpa", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert _same_tables(load_tables(path), first)
+
+
+def test_a_stale_or_corrupt_cache_is_recompiled(tmp_path):
+    path = write_arpa(tmp_path / "w.arpa", random_word_lm(4)[0])
+    load_tables(path)
+    other = random_word_lm(5)[0]
+    write_arpa(tmp_path / "w.arpa", other)  # another model: its size or time stamp differs
+    assert _same_tables(load_tables(path), NgramTables(read_arpa(path)))
+    cache = tmp_path / ("w.arpa" + TABLES_SUFFIX)
+    cache.write_bytes(b"not a safetensors file")
+    assert _same_tables(load_tables(path), NgramTables(read_arpa(path)))
+
+
+def test_a_cache_that_cannot_be_written_is_no_error(tmp_path):
+    path = write_arpa(tmp_path / "w.arpa", random_word_lm(4)[0])
+    (tmp_path / ("w.arpa" + TABLES_SUFFIX)).mkdir()  # the cache's name is taken by a folder
+    assert _same_tables(load_tables(path), NgramTables(read_arpa(path)))
 
 
 # -- (5) errors ---------------------------------------------------------------------------------
