@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Usage: bash recipes/mini_librispeech/run.sh [--stage N] [--stop-stage N] [--hours H] [--epochs E]
 #                                            [--config FILE] [--lm-config FILE] [--exp-dir DIR] [--seed S]
-#                                            [--ctc-weights "0.3"] [--lm-weights "0.2 0.4"] [--sweep-utts 100] [--valid-utts 200]
+#                                            [--ctc-weights "0.3"] [--lm-weights "0.2 0.4"] [--ngram-weights "0.8"]
+#                                            [--ngram-order 3] [--sweep-utts 100] [--valid-utts 200]
 #                                            [--init-decoder-from-lm true|false]
 #
 # The bundled corpus, end to end, from any working directory:
@@ -12,10 +13,12 @@
 #   4. train the acoustic model (validating on the first --valid-utts dev utterances each epoch), its
 #      decoder started from the stage-3 LM (unless --init-decoder-from-lm false); the model package
 #      lands in exp/<name>/model
-#   5. sweep the ctc and lm weights (beam 10) on the first --sweep-utts dev utterances
-#   6. evaluate test greedy, and with beam 10 alone, +ctc, +lm and +ctc+lm at the best swept
-#      weights; print a WER/CER table (exp/<name>/RESULTS.md)
-#   7. transcribe one test file with the trained model, the LM and the best weights
+#   5. estimate a word n-gram LM (IRSTLM, modified shift-beta smoothing) on lm-text.txt and
+#      lm-glosses.txt: exp/word_<order>gram_seed_<S>/lm.arpa, for the look-ahead 'ngram' scorer
+#   6. sweep the ctc, lm and ngram weights (beam 10) on the first --sweep-utts dev utterances
+#   7. evaluate test greedy, and with beam 10 alone, +ctc, +lm, +ctc+lm and +ctc+lm+ngram at the
+#      best swept weights; print a WER/CER table (exp/<name>/RESULTS.md)
+#   8. transcribe one test file with the trained model, both LMs and the best weights
 # Each finished stage leaves a .done marker; a re-run skips it unless an earlier
 # stage ran again. --stage N redoes stage N and every later one (to --stop-stage).
 set -euo pipefail
@@ -25,8 +28,8 @@ repo_root=$(cd "$recipe_dir/../.." && pwd)
 
 stage=0
 stage_given=false
-stop_stage=7
-hours=1.8
+stop_stage=8
+hours=4.5
 epochs=""
 seed=0
 config="$recipe_dir/conf/las_mini.yaml"
@@ -34,6 +37,8 @@ lm_config="$recipe_dir/conf/lm_char.yaml"
 exp_dir=""
 ctc_weights="0.3"   # swept together with 0; more values cost a dev decode each (see README)
 lm_weights="0.2 0.4"
+ngram_weights="0.8"  # swept with 0 (and only with ctc): each costs a dev decode per lm weight
+ngram_order=3
 sweep_utts=100
 valid_utts=200
 init_decoder_from_lm=true   # the LM config's sizes must then match model.decoder's
@@ -49,11 +54,13 @@ while [ $# -gt 0 ]; do
     --lm-config) lm_config=$(cd "$(dirname "$2")" && pwd)/$(basename "$2"); shift 2 ;;
     --ctc-weights) ctc_weights=$2; shift 2 ;;
     --lm-weights) lm_weights=$2; shift 2 ;;
+    --ngram-weights) ngram_weights=$2; shift 2 ;;
+    --ngram-order) ngram_order=$2; shift 2 ;;
     --sweep-utts) sweep_utts=$2; shift 2 ;;
     --valid-utts) valid_utts=$2; shift 2 ;;
     --exp-dir) exp_dir=$2; shift 2 ;;
     --init-decoder-from-lm) init_decoder_from_lm=$2; shift 2 ;;
-    -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -63,6 +70,7 @@ case "$init_decoder_from_lm" in
   *) echo "run.sh: --init-decoder-from-lm must be true or false, got '$init_decoder_from_lm'" >&2; exit 2 ;;
 esac
 command -v asr-s2s >/dev/null || { echo "run.sh: asr-s2s not on PATH; run 'bash tools/setup.sh' and activate .venv" >&2; exit 2; }
+command -v irstlm >/dev/null || { echo "run.sh: irstlm (the word n-gram estimator) is missing; run 'bash tools/setup.sh'" >&2; exit 2; }
 
 corpus="$recipe_dir/corpus/hours_${hours}_seed_${seed}"
 dump="$recipe_dir/dump/hours_${hours}_seed_${seed}"
@@ -71,6 +79,7 @@ no_lm_start=""
 [ "$init_decoder_from_lm" = false ] && no_lm_start="_no_lm_start"
 exp_dir=${exp_dir:-"$recipe_dir/exp/${name}_${hours}h${epochs:+_${epochs}ep}${no_lm_start}"}
 lm_dir="$recipe_dir/exp/$(basename "$lm_config" .yaml)_seed_${seed}"
+ngram_dir="$recipe_dir/exp/word_${ngram_order}gram_seed_${seed}"
 mkdir -p "$dump" "$exp_dir"
 
 redo=$stage_given  # once a stage runs, every later one runs too: its inputs may have changed
@@ -118,6 +127,17 @@ if run_stage 4 "$exp_dir/.train.done" "train ($exp_dir)"; then
   touch "$exp_dir/.train.done"
 fi
 
+if run_stage 5 "$ngram_dir/.done" "word ${ngram_order}-gram LM ($ngram_dir)"; then
+  mkdir -p "$ngram_dir"
+  # IRSTLM reads sentences wrapped in <s> ... </s>; msb: modified shift-beta (Kneser-Ney-like) smoothing,
+  # singleton n-grams above unigrams pruned (its default)
+  sed 's|^|<s> |; s|$| </s>|' "$corpus/lm-text.txt" "$corpus/lm-glosses.txt" > "$ngram_dir/text.txt"
+  irstlm tlm -tr="$ngram_dir/text.txt" -n="$ngram_order" -lm=msb -bo=yes -o="$ngram_dir/lm.arpa" > "$ngram_dir/tlm.log" 2>&1 ||
+    { cat "$ngram_dir/tlm.log" >&2; exit 1; }
+  rm "$ngram_dir/text.txt"
+  touch "$ngram_dir/.done"
+fi
+
 # evaluate NAME MANIFEST [evaluate options...]: decode into $exp_dir/decode_NAME{,.json}
 evaluate() {
   local name=$1 manifest=$2
@@ -125,54 +145,74 @@ evaluate() {
   asr-s2s evaluate --model "$exp_dir/model" --manifest "$manifest" --output-dir "$exp_dir/decode_$name" \
     --json --quiet "$@" > "$exp_dir/decode_$name.json"
 }
+# use_lms CTC LM NGRAM: set lm_options to the evaluate/transcribe options for these weights (the
+# ngram scorer's other params, word level with look-ahead, come from the model's decode config)
+use_lms() {
+  lm_options=(--scorer ctc="$1" --scorer lm="$2" --scorer ngram="$3" --scorer-param ngram.path="$ngram_dir/lm.arpa")
+  if awk "BEGIN { exit !($2 > 0) }"; then lm_options+=(--lm "$lm_dir/lm"); fi  # transcribe refuses --lm at weight 0
+}
 
-if run_stage 5 "$exp_dir/.sweep.done" "sweep ctc and lm weights on $sweep_utts dev utterances"; then
-  rm -rf "$exp_dir"/decode_sweep_*  # stage 6 picks the best of what this sweep leaves
+if run_stage 6 "$exp_dir/.sweep.done" "sweep ctc, lm and ngram weights on $sweep_utts dev utterances"; then
+  rm -rf "$exp_dir"/decode_sweep_*  # stage 7 picks the best of what this sweep leaves
   head -n "$sweep_utts" "$dump/dev.jsonl" > "$exp_dir/sweep_dev.jsonl"
   for ctc in 0 $ctc_weights; do
     for lm in 0 $lm_weights; do
-      evaluate "sweep_ctc${ctc}_lm${lm}" "$exp_dir/sweep_dev.jsonl" --lm "$lm_dir/lm" --scorer ctc="$ctc" --scorer lm="$lm"
-      echo "ctc $ctc, lm $lm: $(cat "$exp_dir/decode_sweep_ctc${ctc}_lm${lm}.json")" >&2
+      for ngram in 0 $ngram_weights; do
+        [ "$ctc" = 0 ] && [ "$ngram" != 0 ] && continue  # the word LM is swept on top of ctc only
+        name="sweep_ctc${ctc}_lm${lm}_ngram${ngram}"
+        use_lms "$ctc" "$lm" "$ngram"
+        evaluate "$name" "$exp_dir/sweep_dev.jsonl" "${lm_options[@]}"
+        echo "ctc $ctc, lm $lm, ngram $ngram: $(cat "$exp_dir/decode_$name.json")" >&2
+      done
     done
   done
   touch "$exp_dir/.sweep.done"
 fi
 
-# the best swept weights: for ctc alone, lm alone, and both (lowest dev WER + CER)
-best() {  # best ctc|lm|both -> "CTC LM"
+# the best swept weights (lowest dev WER + CER) for ctc alone, lm alone, ctc + lm, and ctc + lm + ngram
+best() {  # best ctc|lm|both|all -> "CTC LM NGRAM"
   python - "$exp_dir" "$1" <<'PY'
-import json, sys
+import json, re, sys
 from pathlib import Path
 exp, which = Path(sys.argv[1]), sys.argv[2]
 runs = []
-for path in exp.glob("decode_sweep_ctc*_lm*.json"):
-    ctc, lm = path.stem.removeprefix("decode_sweep_ctc").split("_lm")
-    if {"ctc": float(ctc) > 0 and float(lm) == 0, "lm": float(ctc) == 0 and float(lm) > 0,
-        "both": float(ctc) > 0 and float(lm) > 0}[which]:
+for path in exp.glob("decode_sweep_ctc*_lm*_ngram*.json"):
+    ctc, lm, ngram = map(float, re.fullmatch(r"decode_sweep_ctc(.+)_lm(.+)_ngram(.+)", path.stem).groups())
+    kind = {(True, False, False): "ctc", (False, True, False): "lm", (True, True, False): "both"}.get(
+        (ctc > 0, lm > 0, ngram > 0), "all" if ctc > 0 and ngram > 0 else None)
+    if kind == which:
         r = json.loads(path.read_text())
-        runs.append((r["wer"] + r["cer"], ctc, lm))
-print(*min(runs)[1:])
+        runs.append((r["wer"] + r["cer"], ctc, lm, ngram))
+if not runs:
+    sys.exit(f"run.sh: the sweep has no decode for '{which}' (see --ctc-weights, --lm-weights, --ngram-weights)")
+print(*(f"{w:g}" for w in min(runs)[1:]))
 PY
 }
 
-if run_stage 6 "$exp_dir/.decode.done" "evaluate dev and test"; then
+if run_stage 7 "$exp_dir/.decode.done" "evaluate test"; then
   evaluate test_greedy "$dump/test.jsonl" --beam-size 1 --scorer length_bonus=0 --scorer coverage=0
   evaluate test_beam "$dump/test.jsonl"  # the model's decode config (decode: in the YAML)
-  for which in ctc lm both; do
-    read -r ctc lm <<< "$(best $which)"
-    evaluate "test_beam_${which}" "$dump/test.jsonl" --lm "$lm_dir/lm" --scorer ctc="$ctc" --scorer lm="$lm"
+  for which in ctc lm both all; do
+    read -r ctc lm ngram <<< "$(best $which)"
+    use_lms "$ctc" "$lm" "$ngram"
+    evaluate "test_beam_${which}" "$dump/test.jsonl" "${lm_options[@]}"
+    echo "$ctc $lm $ngram" > "$exp_dir/decode_test_beam_${which}.weights"
   done
   python - "$exp_dir" <<'PY'
 import json, sys
 from pathlib import Path
 exp = Path(sys.argv[1])
 rows = ["| set | search | utts | WER % | CER % | sub | del | ins |", "|---|---|---:|---:|---:|---:|---:|---:|"]
-labels = {"test_greedy": ("test", "greedy"), "test_beam": ("test", "beam 10"),
-          "test_beam_ctc": ("test", "beam 10 + ctc"), "test_beam_lm": ("test", "beam 10 + lm"),
-          "test_beam_both": ("test", "beam 10 + ctc + lm")}
-for name, (split, search) in labels.items():
+labels = {"test_greedy": "greedy", "test_beam": "beam 10", "test_beam_ctc": "beam 10 + ctc",
+          "test_beam_lm": "beam 10 + lm", "test_beam_both": "beam 10 + ctc + lm",
+          "test_beam_all": "beam 10 + ctc + lm + ngram"}
+for name, search in labels.items():
+    weights = exp / f"decode_{name}.weights"
+    if weights.exists():  # name each scorer's weight, e.g. "beam 10 + ctc 0.3 + lm 0.2 + ngram 0.8"
+        ctc, lm, ngram = weights.read_text().split()
+        search = "beam 10" + "".join(f" + {k} {w}" for k, w in (("ctc", ctc), ("lm", lm), ("ngram", ngram)) if float(w) > 0)
     r = json.loads((exp / f"decode_{name}.json").read_text())
-    rows.append(f"| {split} | {search} | {r['utterances']} | {r['wer']:.2f} | {r['cer']:.2f} | "
+    rows.append(f"| test | {search} | {r['utterances']} | {r['wer']:.2f} | {r['cer']:.2f} | "
                 f"{r['substitutions']} | {r['deletions']} | {r['insertions']} |")
 (exp / "RESULTS.md").write_text("\n".join(rows) + "\n")
 print("\n".join(rows))
@@ -180,13 +220,14 @@ PY
   touch "$exp_dir/.decode.done"
 fi
 
-if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
-  echo "== stage 7: transcribe one test file" >&2
+if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
+  echo "== stage 8: transcribe one test file" >&2
   # sed reads all of sort's output; with 'head -n 1', sort got SIGPIPE in 6-9 % of tries here and
   # pipefail ended the script silently before transcribing
   example=$(find "$corpus/test" -name '*.flac' | sort | sed -n 1p)
-  read -r ctc lm <<< "$(best both)"
-  asr-s2s transcribe --model "$exp_dir/model" --lm "$lm_dir/lm" --scorer ctc="$ctc" --scorer lm="$lm" "$example"
+  read -r ctc lm ngram <<< "$(best all)"
+  use_lms "$ctc" "$lm" "$ngram"
+  asr-s2s transcribe --model "$exp_dir/model" "${lm_options[@]}" "$example"
   grep -h "$(basename "$example" .flac)" "$corpus"/test/*/*/*.trans.txt | sed 's/^/reference: /'
-  echo "model package: $exp_dir/model; language model: $lm_dir/lm (ctc $ctc, lm $lm)" >&2
+  echo "model package: $exp_dir/model; language models: $lm_dir/lm (lm $lm), $ngram_dir/lm.arpa (ngram $ngram); ctc $ctc" >&2
 fi
