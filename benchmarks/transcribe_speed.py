@@ -39,7 +39,7 @@ import soundfile
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "data" / "fixtures" / "LibriSpeech" / "test-fixture"
-RECIPE_MODEL = ROOT / "recipes" / "mini_librispeech" / "exp" / "las_mini_1.8h" / "model"
+RECIPE_MODEL = ROOT / "recipes" / "mini_librispeech" / "exp" / "las_mini_4.5h" / "model"
 SAMPLE_RATE_HZ = 16_000
 
 
