@@ -20,11 +20,12 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -
     """Call ``write(temporary sibling)``, then ``os.replace`` it onto ``path``.
 
     The parent folder is created; an interrupted write leaves the old file (or
-    none) and no temporary file behind.
+    none) and no temporary file behind. The temporary name holds the process id,
+    so processes writing the same file at once do not write into each other's.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)

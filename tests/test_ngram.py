@@ -8,6 +8,7 @@ from, never from the plugin's own parser or tables.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import random
 from types import SimpleNamespace
@@ -465,6 +466,21 @@ def test_a_stale_or_corrupt_cache_is_recompiled(tmp_path):
     assert _same_tables(load_tables(path), NgramTables(read_arpa(path)))
     cache = tmp_path / ("w.arpa" + TABLES_SUFFIX)
     cache.write_bytes(b"not a safetensors file")
+    assert _same_tables(load_tables(path), NgramTables(read_arpa(path)))
+
+
+def _load_words(path: str) -> int:
+    return len(load_tables(path).words)
+
+
+def test_processes_compiling_one_model_at_once_leave_a_sound_cache(tmp_path):
+    # e.g. every rank of 'torchrun ... asr-s2s evaluate' loading the same new ARPA file
+    ngrams, _ = random_word_lm(6)
+    path = write_arpa(tmp_path / "w.arpa", ngrams)
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        counts = pool.map(_load_words, [path] * 8)
+    assert len(set(counts)) == 1
+    assert not list(tmp_path.glob("*.tmp")), "no temporary file left behind"
     assert _same_tables(load_tables(path), NgramTables(read_arpa(path)))
 
 
