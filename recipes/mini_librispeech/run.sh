@@ -60,7 +60,7 @@ while [ $# -gt 0 ]; do
     --valid-utts) valid_utts=$2; shift 2 ;;
     --exp-dir) exp_dir=$2; shift 2 ;;
     --init-decoder-from-lm) init_decoder_from_lm=$2; shift 2 ;;
-    -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
