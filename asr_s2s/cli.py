@@ -383,7 +383,7 @@ def _transcribe_options(args, base):
     """The model's transcription options with the command line's overrides."""
     changes = dict(zip(("scorers", "scorer_params"), _scorer_overrides(args, base)))
     for name, flag, value in (("lm", "--lm", args.lm), ("hotwords", "--hotword", args.hotword)):
-        if value and changes["scorers"].get(name, 0.0) <= 0:
+        if value and name not in changes["scorers"]:  # --scorer lm=0 turns it off, as in evaluate
             raise ConfigError(f"{flag} needs a weight for the {name!r} scorer: add --scorer {name}=WEIGHT")
     if args.lm:
         changes["lm"] = args.lm

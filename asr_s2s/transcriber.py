@@ -131,7 +131,7 @@ class TranscribeOptions:
         check_precision(self.precision, "precision")
         self.vad_options()
         for name, flag in (("lm", self.lm), ("hotwords", self.hotwords)):
-            if flag and self.scorers.get(name, 0.0) <= 0:
+            if flag and name not in self.scorers:  # an explicit weight of 0 turns the scorer off, as in evaluate
                 raise ConfigError(f"{name!r} is set but the {name!r} scorer has no weight: give scorers={{{name!r}: WEIGHT}}")
 
     @classmethod

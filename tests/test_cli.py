@@ -429,6 +429,13 @@ def test_transcribe_bad_usage_exits_2(run_cli, robust_package, fixture_utterance
     assert code == 2 and out == "" and message in err
 
 
+def test_transcribe_lm_at_weight_zero_is_off(run_cli, robust_package, fixture_utterances):
+    audio = fixture_utterances[0].audio
+    code, out, err = run_cli("transcribe", "--model", robust_package, audio, "--lm", "no/such/lm", "--scorer", "lm=0", "--quiet")
+    assert code == 0, err
+    assert out == run_cli("transcribe", "--model", robust_package, audio, "--quiet")[1]
+
+
 def test_transcribe_refuses_two_inputs_for_one_output_file(run_cli, robust_package, recording_dir, tmp_path):
     root, _ = recording_dir
     shutil.copy(root / "a.flac", tmp_path / "a.wav")

@@ -211,6 +211,13 @@ def test_bad_options_are_clear_errors(transcriber, fixture_utterances):
         transcriber.transcribe(audio, beam=3)  # a typo is not silently ignored
 
 
+def test_an_lm_at_weight_zero_is_off(transcriber, fixture_utterances):
+    # as in evaluate: an explicit weight of 0 turns the scorer off, and its LM is never read
+    audio = fixture_utterances[0].audio
+    off = transcriber.transcribe(audio, beam_size=3, lm="no/such/lm", scorers={"lm": 0.0})
+    assert off.text == transcriber.transcribe(audio, beam_size=3).text
+
+
 def test_unreadable_audio_raises_naming_it(transcriber, tmp_path):
     with pytest.raises(AudioLoadError, match="no such file"):
         transcriber.transcribe(tmp_path / "gone.flac")

@@ -148,8 +148,8 @@ evaluate() {
 # use_lms CTC LM NGRAM: set lm_options to the evaluate/transcribe options for these weights (the
 # ngram scorer's other params, word level with look-ahead, come from the model's decode config)
 use_lms() {
-  lm_options=(--scorer ctc="$1" --scorer lm="$2" --scorer ngram="$3" --scorer-param ngram.path="$ngram_dir/lm.arpa")
-  if awk "BEGIN { exit !($2 > 0) }"; then lm_options+=(--lm "$lm_dir/lm"); fi  # transcribe refuses --lm at weight 0
+  lm_options=(--lm "$lm_dir/lm" --scorer ctc="$1" --scorer lm="$2" --scorer ngram="$3"
+              --scorer-param ngram.path="$ngram_dir/lm.arpa")
 }
 
 if run_stage 6 "$exp_dir/.sweep.done" "sweep ctc, lm and ngram weights on $sweep_utts dev utterances"; then
