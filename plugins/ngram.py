@@ -22,10 +22,13 @@ Two granularities (``unit``):
     history ``h``, a prefix ``p`` has the mass ``S(p | h)`` of all LM words
     spelled ``p...``, and appending ``c`` scores ``log S(pc | h) - log S(p | h)``;
     the space after a word ``w`` scores ``log p(w | h) - log S(w | h)``. A
-    word's scores add up to ``log p(w | h)``, but a misspelling is penalised at
+    word's scores add up to ``log p(w | h)``, but a misspelling is scored at
     the character where it leaves the LM's words, while the beam can still
-    mend it. That character scores ``p(<unk> | h)`` (or ``oov_logprob``) over
-    ``S(p | h)``; the rest of that word scores 0. The masses are exact for the
+    mend it. That character (or any other token but space and ``<eos>``)
+    scores ``p(<unk> | h)`` (or ``oov_logprob``) over ``S(p | h)``; the rest of
+    that word scores 0. It is a penalty only if ``<unk>`` is less likely than
+    the words ``p`` could still become: give ``oov_logprob`` for an LM whose
+    ``<unk>`` holds much mass (IRSTLM gives it about 17 %). The masses are exact for the
     back-off model: words are numbered in sorted order, so the words under a
     prefix are one range of ids, and ``S`` is a few prefix-sum lookups per
     n-gram order (see :class:`WordLookahead`).
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import json
 import logging
 import math
@@ -73,7 +77,7 @@ SPACE_WORD = "<space>"  # how a char-level ARPA spells the space token
 UNITS = ("char", "word")
 ROOT = 0  # history id of the empty history, and node id of the trie root
 TABLES_SUFFIX = ".tables.safetensors"  # compiled tables, cached beside the ARPA file
-TABLES_FORMAT = "1"  # bump when NgramTables' saved layout changes
+TABLES_FORMAT = "2"  # bump when NgramTables' saved layout changes
 TINY = 1e-300  # smallest probability mass taken to a log (a rounding-error zero)
 
 _NGRAM_COUNT = re.compile(r"ngram\s+(\d+)\s*=\s*(\d+)")
@@ -370,18 +374,19 @@ def load_tables(path: str | Path) -> NgramTables:
 
     Compiling a large model takes seconds (0.6M n-grams: about 9 s), so the tables
     are cached in ``PATH.tables.safetensors`` and read from there while the ARPA
-    file keeps the size and modification time it was compiled from. A cache that
-    is stale, unreadable or cannot be written is (re)compiled; never an error.
+    file's bytes hash to what they were compiled from (hashing is about 100x
+    faster than compiling). A cache that is stale, unreadable or cannot be
+    written is (re)compiled; never an error.
 
     :raises ArpaError: for a missing or malformed ARPA file.
     """
     path = Path(path)
     cache = path.with_name(path.name + TABLES_SUFFIX)
     try:
-        stat = path.stat()
+        mode, digest = path.stat().st_mode, _file_digest(path)
     except OSError:
         return NgramTables(read_arpa(path))  # read_arpa names the problem
-    stamp = {"format": TABLES_FORMAT, "arpa_bytes": str(stat.st_size), "arpa_mtime_ns": str(stat.st_mtime_ns)}
+    stamp = {"format": TABLES_FORMAT, "arpa_blake2b": digest}
     if cache.is_file():
         try:
             with safe_open(str(cache), framework="pt") as saved:
@@ -396,13 +401,24 @@ def load_tables(path: str | Path) -> NgramTables:
 
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp), {**meta, **stamp})
-        os.chmod(tmp, stat.st_mode & 0o666)  # readable by whoever can read the ARPA file
+        os.chmod(tmp, mode & 0o666)  # readable by whoever can read the ARPA file
 
     try:
+        if _file_digest(path) != digest:  # rewritten while it was read: cache nothing
+            raise OSError("the ARPA file changed while it was read")
         write_atomically(cache, write)
     except (OSError, SafetensorError) as exc:
         log.info("%s: tables not cached (%s)", cache, exc)
     return tables
+
+
+def _file_digest(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """BLAKE2b hex digest of a file's bytes (read in 1 MiB chunks)."""
+    digest = hashlib.blake2b()
+    with path.open("rb") as file:
+        while chunk := file.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class SpellingTrie:
@@ -520,6 +536,8 @@ def _check_options(unit: str, lookahead: bool, oov_logprob: float | None) -> Non
         raise ConfigError(f"ngram scorer: lookahead must be true or false, got {lookahead!r}")
     if lookahead and unit != "word":
         raise ConfigError("ngram scorer: lookahead needs unit 'word' (a char-level LM already scores every character)")
+    if oov_logprob is not None and unit != "word":
+        raise ConfigError("ngram scorer: oov_logprob needs unit 'word' (a char-level LM scores every character itself)")
     if oov_logprob is not None and (isinstance(oov_logprob, bool) or not isinstance(oov_logprob, (int, float)) or not oov_logprob <= 0):
         raise ConfigError(f"ngram scorer: oov_logprob must be a natural-log probability <= 0, got {oov_logprob!r}")
 
@@ -647,7 +665,8 @@ class NgramScorer(Scorer):
         child = trie.step(node.repeat_interleave(v), torch.arange(v, device=node.device).repeat(n)).view(n, v)
         child_mass = self.lookahead.mass(history.repeat_interleave(v), child.flatten()).view(n, v)
         letter = torch.where(child == trie.off, oov[:, None], child_mass.clamp_min(TINY).log()) - parent[:, None]
-        scores = torch.where(trie.letters & ~off[:, None], letter, 0.0)  # (N, V)
+        # a token that spells no LM word (<blank>, say) leaves the vocabulary like a wrong letter
+        scores = torch.where(~off[:, None], letter, 0.0)  # (N, V)
         word = trie.word[node]
         # the space after a word, and <eos> after a word or at a word boundary
         finish = torch.where(off, 0.0, self._word_logprob(history, word) - parent)
