@@ -948,8 +948,10 @@ def read_json(path: Path) -> dict | None:
 
 
 def write_lm_text(path: Path, sentences: Sequence[str]) -> None:
-    """A language-model corpus: ``sentences``, sorted, one per line."""
-    path.write_text("".join(f"{sentence}\n" for sentence in sorted(sentences)))
+    """A language-model corpus: ``sentences``, sorted, one per line, written atomically."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("".join(f"{sentence}\n" for sentence in sorted(sentences)))
+    os.replace(temporary, path)
     print(f"{path}: {len(sentences)} sentences for language-model training.", flush=True)
 
 

@@ -16,7 +16,7 @@
 #   5. estimate a word n-gram LM (IRSTLM, modified shift-beta smoothing) on lm-text.txt and
 #      lm-glosses.txt: exp/word_<order>gram_seed_<S>/lm.arpa, for the look-ahead 'ngram' scorer
 #   6. sweep the ctc, lm and ngram weights (beam 10) on the first --sweep-utts dev utterances
-#   7. evaluate test greedy, and with beam 10 alone, +ctc, +lm, +ctc+lm and +ctc+lm+ngram at the
+#   7. evaluate test greedy, and with beam 10 alone, +ctc, +lm, +ctc+lm and +ctc(+lm)+ngram at the
 #      best swept weights; print a WER/CER table (exp/<name>/RESULTS.md)
 #   8. transcribe one test file with the trained model, both LMs and the best weights
 # Each finished stage leaves a .done marker; a re-run skips it unless an earlier
@@ -70,7 +70,9 @@ case "$init_decoder_from_lm" in
   *) echo "run.sh: --init-decoder-from-lm must be true or false, got '$init_decoder_from_lm'" >&2; exit 2 ;;
 esac
 command -v asr-s2s >/dev/null || { echo "run.sh: asr-s2s not on PATH; run 'bash tools/setup.sh' and activate .venv" >&2; exit 2; }
-command -v irstlm >/dev/null || { echo "run.sh: irstlm (the word n-gram estimator) is missing; run 'bash tools/setup.sh'" >&2; exit 2; }
+if [ "$stop_stage" -ge 5 ] && ! command -v irstlm >/dev/null; then
+  echo "run.sh: irstlm (the word n-gram estimator) is missing; run 'bash tools/setup.sh'" >&2; exit 2
+fi
 
 corpus="$recipe_dir/corpus/hours_${hours}_seed_${seed}"
 dump="$recipe_dir/dump/hours_${hours}_seed_${seed}"
@@ -129,11 +131,15 @@ fi
 
 if run_stage 5 "$ngram_dir/.done" "word ${ngram_order}-gram LM ($ngram_dir)"; then
   mkdir -p "$ngram_dir"
+  if [ ! -f "$corpus/lm-glosses.txt" ]; then  # a corpus built before the file existed: the builder adds it
+    python "$repo_root/data/make_mini_librispeech.py" --out "$corpus" --hours "$hours" --seed "$seed"
+  fi
   # IRSTLM reads sentences wrapped in <s> ... </s>; msb: modified shift-beta (Kneser-Ney-like) smoothing,
   # singleton n-grams above unigrams pruned (its default)
   sed 's|^|<s> |; s|$| </s>|' "$corpus/lm-text.txt" "$corpus/lm-glosses.txt" > "$ngram_dir/text.txt"
-  irstlm tlm -tr="$ngram_dir/text.txt" -n="$ngram_order" -lm=msb -bo=yes -o="$ngram_dir/lm.arpa" > "$ngram_dir/tlm.log" 2>&1 ||
+  irstlm tlm -tr="$ngram_dir/text.txt" -n="$ngram_order" -lm=msb -bo=yes -o="$ngram_dir/lm.arpa.tmp" > "$ngram_dir/tlm.log" 2>&1 ||
     { cat "$ngram_dir/tlm.log" >&2; exit 1; }
+  mv "$ngram_dir/lm.arpa.tmp" "$ngram_dir/lm.arpa"  # a decode of another experiment never reads half a file
   rm "$ngram_dir/text.txt"
   touch "$ngram_dir/.done"
 fi
@@ -193,7 +199,8 @@ if run_stage 7 "$exp_dir/.decode.done" "evaluate test"; then
   evaluate test_greedy "$dump/test.jsonl" --beam-size 1 --scorer length_bonus=0 --scorer coverage=0
   evaluate test_beam "$dump/test.jsonl"  # the model's decode config (decode: in the YAML)
   for which in ctc lm both all; do
-    read -r ctc lm ngram <<< "$(best $which)"
+    weights=$(best $which)  # a failing 'best' ends the script here; inside 'read <<<' it would not
+    read -r ctc lm ngram <<< "$weights"
     use_lms "$ctc" "$lm" "$ngram"
     evaluate "test_beam_${which}" "$dump/test.jsonl" "${lm_options[@]}"
     echo "$ctc $lm $ngram" > "$exp_dir/decode_test_beam_${which}.weights"
@@ -225,7 +232,8 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
   # sed reads all of sort's output; with 'head -n 1', sort got SIGPIPE in 6-9 % of tries here and
   # pipefail ended the script silently before transcribing
   example=$(find "$corpus/test" -name '*.flac' | sort | sed -n 1p)
-  read -r ctc lm ngram <<< "$(best all)"
+  weights=$(best all)
+  read -r ctc lm ngram <<< "$weights"
   use_lms "$ctc" "$lm" "$ngram"
   asr-s2s transcribe --model "$exp_dir/model" "${lm_options[@]}" "$example"
   grep -h "$(basename "$example" .flac)" "$corpus"/test/*/*/*.trans.txt | sed 's/^/reference: /'
