@@ -330,7 +330,7 @@ class NgramTables:
 
     def to(self, device: torch.device) -> NgramTables:
         """Move every table to ``device`` (in place); returns self."""
-        for name in ("backoff", "suffix", "length", "ngram_keys", "ngram_logprob", "child_keys", "child_history"):
+        for name in self.TENSORS:
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -460,13 +460,11 @@ class SpellingTrie:
         self.end = torch.tensor([*(e if f < e else 0 for f, e in zip(first, end)), 0], dtype=torch.long)  # (nodes + 1,)
         self.spellable = torch.zeros(tables.stride, dtype=torch.bool)  # (words + 1,), by word id
         self.spellable[[i for i in node_word if i != tables.oov_id]] = True
-        self.letters = torch.zeros(self.vocab_size, dtype=torch.bool)  # (V,): tokens that spell words
-        self.letters[list(token_ids.values())] = True
         self.keys, self.child = _sorted_table([n * self.vocab_size + t for n, t in children], list(children.values()), torch.long)
 
     def to(self, device: torch.device) -> SpellingTrie:
         """Move every table to ``device`` (in place); returns self."""
-        for name in ("word", "first", "end", "spellable", "letters", "keys", "child"):
+        for name in ("word", "first", "end", "spellable", "keys", "child"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
