@@ -21,11 +21,9 @@ from typing import Any
 import torch
 
 from asr_s2s.errors import CheckpointError
+from asr_s2s.files import write_atomically
 
 log = logging.getLogger(__name__)
-
-TMP_SUFFIX = ".tmp"
-
 
 def write_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` to ``path`` through a temporary sibling and ``os.replace``.
@@ -36,19 +34,11 @@ def write_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     :raises CheckpointError: naming the file, when it cannot be written (a full disk, permissions).
     """
     path = Path(path)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        return write_atomically(path, lambda tmp: torch.save(state, tmp))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         kept = "the previous checkpoints are intact" if path.parent.is_dir() else "nothing was written"
         raise CheckpointError(f"{path}: could not write checkpoint ({exc}); {kept}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read_checkpoint(path: str | os.PathLike, required: Iterable[str] = (), mmap: bool = False) -> dict[str, Any]:
