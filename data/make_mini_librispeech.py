@@ -949,9 +949,7 @@ def read_json(path: Path) -> dict | None:
 
 def write_lm_text(path: Path, sentences: Sequence[str]) -> None:
     """A language-model corpus: ``sentences``, sorted, one per line, written atomically."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(f"{sentence}\n" for sentence in sorted(sentences)))
-    os.replace(temporary, path)
+    write_text_atomically(path, "".join(f"{sentence}\n" for sentence in sorted(sentences)))
     print(f"{path}: {len(sentences)} sentences for language-model training.", flush=True)
 
 
@@ -962,11 +960,16 @@ def write_lm_texts(out_dir: Path, wordnet_files: Sequence[Path], pools: dict[str
     write_lm_text(out_dir / GLOSS_TEXT_FILE, load_definitions(wordnet_files, held_out))
 
 
-def write_json(path: Path, value: dict) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` through a temporary file and a rename: readers never see half of it."""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+    temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)
+
+
+def write_json(path: Path, value: dict) -> None:
+    """Write JSON atomically."""
+    write_text_atomically(path, json.dumps(value, indent=2) + "\n")
 
 
 def is_complete_build(out_dir: Path, parameters: dict) -> bool:
