@@ -17,6 +17,9 @@ MIN_DURATION_S = 0.1
 MAX_DURATION_S = 3600.0
 MIN_RATE_HZ, MAX_RATE_HZ = 1_000, 384_000  # sample rates outside this range are refused as corrupt or absurd
 BLOCK_SAMPLES = 1 << 22  # samples (all channels) decoded per block: 16 MB of float32
+AUDIO_EXTENSIONS = frozenset(  # file name suffixes taken as audio when a folder is searched
+    ".wav .flac .mp3 .ogg .oga .opus .m4a .aac .mp4 .m4b .webm .mka .wma .aif .aiff .au .caf .amr".split()
+)
 
 
 def load_audio(source: str | os.PathLike | bytes, sample_rate_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
@@ -140,29 +143,6 @@ def audio_duration_s(path: str | os.PathLike) -> float:
         return float(soundfile.info(str(path)).duration)
     except (soundfile.LibsndfileError, RuntimeError):
         return len(load_audio(path)) / SAMPLE_RATE_HZ
-
-
-def change_speed(waveform: np.ndarray, factor: float, sample_rate_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
-    """Play ``waveform`` ``factor`` times faster, like sox's ``speed`` effect (Kaldi's speed perturbation).
-
-    Tempo and pitch change together: the samples are treated as if recorded at
-    ``factor * sample_rate_hz`` and resampled back to ``sample_rate_hz``
-    (torchaudio's windowed-sinc resampler), so the result holds about
-    ``len(waveform) / factor`` samples.
-
-    :param waveform: ``(S,)`` float32 samples.
-    :returns: ``(round(S / factor),)`` float32 samples, or ``waveform`` itself for a factor of 1.
-    """
-    if factor <= 0:
-        raise ValueError(f"speed factor must be positive, got {factor}")
-    if factor == 1.0:
-        return waveform
-    import torch
-    import torchaudio
-
-    source_rate = round(sample_rate_hz * factor)
-    out = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(waveform)), source_rate, sample_rate_hz)
-    return out.numpy()
 
 
 STREAM_BLOCK_S = 30.0  # seconds of audio per block of stream_audio

@@ -137,11 +137,43 @@ def cmd_compute_cmvn(args) -> int:
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
+def cmd_augment(args) -> int:
+    from asr_s2s.augment import AugmentationChain, load_augment_file, write_augmented
+    from asr_s2s.interfaces import AugmentationContext
+    from asr_s2s.manifest import read_manifest
+
+    utterances = read_manifest(args.manifest, require_text=False)
+    context = AugmentationContext(utterances=tuple(utterances), seed=args.seed)
+    chain = AugmentationChain.from_config(load_augment_file(args.augment), _registry(args), context, seed=args.seed,
+                                          where=f"{args.augment}: augment")
+    written, failed = write_augmented(utterances, chain, args.out_dir, args.num_workers, progress=not args.quiet)
+    hours = sum(u.duration for u in written) / 3600
+    print(f"{Path(args.out_dir) / 'manifest.jsonl'}: {len(written)} utterances, {hours:.2f} h ({len(failed)} left out)")
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
 def _with_epochs(config, epochs: int | None):
     """``config`` (with a ``train`` section) with ``train.epochs`` replaced, unless ``epochs`` is None."""
     if epochs is None:
         return config
     return dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
+
+
+def _augmentation_chain(config, registry, utterances):
+    """The run's ``train.augment`` chain (None without entries); builds every entry, so a bad one fails first."""
+    from asr_s2s.augment import AugmentationChain, augment_entries
+    from asr_s2s.interfaces import AugmentationContext
+
+    entries = augment_entries(config.train)
+    if not entries:
+        return None
+    context = AugmentationContext(utterances=tuple(utterances), seed=config.train.seed)
+    chain = AugmentationChain.from_config(entries, registry, context, seed=config.train.seed)
+    if config.model.specaug is not None and "specaugment" in chain.names:
+        log.warning("model.specaug and a train.augment 'specaugment' entry are both set: SpecAugment runs twice; "
+                    "set model.specaug: null")
+    log.info("augmentation: %s", ", ".join(f"{step.augmentation.name} (p={step.prob:g})" for step in chain.steps))
+    return chain
 
 
 def cmd_train(args) -> int:
@@ -164,8 +196,10 @@ def cmd_train(args) -> int:
     registry = _registry(args)
     tokenizer = CharTokenizer.load(args.tokens) if args.tokens else CharTokenizer()
     cache = config.train.feature_cache
-    train_set = SpeechDataset(read_manifest(args.train_manifest), tokenizer, cache=cache, speed_perturb=config.train.speed_perturb)
-    valid_set = SpeechDataset(read_manifest(args.valid_manifest), tokenizer, cache=cache)
+    train_utterances = read_manifest(args.train_manifest)
+    augment = _augmentation_chain(config, registry, train_utterances)
+    train_set = SpeechDataset(train_utterances, tokenizer, cache=cache, augment=augment)
+    valid_set = SpeechDataset(read_manifest(args.valid_manifest), tokenizer, cache=cache)  # never augmented
     seed_everything(config.train.seed)
     model = ASRModel(config.model, tokenizer, CMVNStats.load(args.cmvn), registry)
     exp_dir = Path(args.exp_dir)
@@ -309,11 +343,6 @@ def cmd_evaluate(args) -> int:
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
-AUDIO_EXTENSIONS = frozenset(
-    ".wav .flac .mp3 .ogg .oga .opus .m4a .aac .mp4 .m4b .webm .mka .wma .aif .aiff .au .caf .amr".split()
-)
-
-
 @dataclasses.dataclass(frozen=True)
 class _Job:
     """One input of ``transcribe``: what to read, and its output path under --output-dir without the suffix."""
@@ -329,6 +358,8 @@ def _expand_inputs(patterns: list[str]) -> tuple[list[_Job], list[str]]:
     :returns: the jobs, without duplicates, and one problem per pattern that named nothing.
     """
     import glob
+
+    from asr_s2s.audio import AUDIO_EXTENSIONS
 
     jobs: list[_Job] = []
     problems: list[str] = []
@@ -588,6 +619,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--num-workers", type=int, default=1, help="DataLoader workers (default: 1)")
     p.set_defaults(func=cmd_compute_cmvn)
+
+    p = sub.add_parser("augment", parents=[common], help="write augmented copies of a manifest's audio (test conditions)",
+                       description="Apply the augmentation entries of a YAML file ('augment: [{name: ..., prob: ..., "
+                                   "...params}]', as in train.augment; an experiment config's train.augment works too) "
+                                   "to every utterance of a manifest, and write OUT_DIR/audio/ID.flac and "
+                                   "OUT_DIR/manifest.jsonl, each line with an 'augment' list of what was done. The "
+                                   "draws repeat for the same --seed, so a fixed test condition (noise at 10 dB, "
+                                   "reverberation, a codec, files cut at the speech) is built the same way every "
+                                   "time. Only audio augmentations can be written (not vtlp or specaugment).",
+                       epilog="Exit codes: 0 all written; 1 some utterances could not be read or augmented (left out); "
+                              "2 bad usage or a bad augmentation entry.")
+    p.add_argument("--manifest", required=True, help="JSON-lines manifest of the audio to augment")
+    p.add_argument("--augment", required=True, metavar="YAML", help="file with an 'augment:' list of entries")
+    p.add_argument("--out-dir", required=True, help="folder for audio/ and manifest.jsonl")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
+    p.add_argument("--num-workers", type=int, default=1, help="worker processes (default: 1; 0 runs in this one)")
+    p.set_defaults(func=cmd_augment)
 
     p = sub.add_parser("tokens", parents=[common], help="write the token list of training manifests",
                        description="Write tokens.txt: <blank>, <sos/eos>, the built-in characters (A-Z, apostrophe, "

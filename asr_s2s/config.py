@@ -60,7 +60,10 @@ class TrainConfig:
     # scale-out and selection (docs: recipes/librispeech/README.md)
     accum_grad: int = 1  # batches (per rank) whose gradients make one optimizer step
     precision: str = "bf16"  # "bf16": bf16 autocast on CUDA (CPU always trains in fp32); "fp32"
-    speed_perturb: list[float] | None = None  # e.g. [0.9, 1.0, 1.1]: one speed drawn per utterance and epoch
+    # training-data augmentation (asr_s2s.augment): [{name: PLUGIN, prob: P, ...params}], applied in this order
+    # per utterance in the data workers, never at validation; `asr-s2s plugins` lists the augmentations
+    augment: list[dict[str, Any]] = field(default_factory=list)
+    speed_perturb: list[float] | None = None  # deprecated: train.augment [{name: speed, factors: [0.9, 1.0, 1.1]}]
     early_stopping_patience: int | None = None  # stop after this many epochs without a better selection_metric
     selection_metric: str = "valid_loss"  # "valid_loss" or "valid_cer": early stopping and the best epoch
 
@@ -74,6 +77,9 @@ class TrainConfig:
             raise ConfigError(f"train.early_stopping_patience must be at least 1, got {self.early_stopping_patience}")
         if self.speed_perturb is not None and not all(0.5 <= f <= 2.0 for f in self.speed_perturb):
             raise ConfigError(f"train.speed_perturb factors must lie in [0.5, 2.0], got {self.speed_perturb}")
+        for position, entry in enumerate(self.augment):
+            if not isinstance(entry.get("name"), str):
+                raise ConfigError(f"train.augment[{position}]: needs 'name: AUGMENTATION' (see `asr-s2s plugins`), got {entry!r}")
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from asr_s2s.audio import SAMPLE_RATE_HZ, change_speed, load_audio
+from asr_s2s.audio import SAMPLE_RATE_HZ, load_audio
+from asr_s2s.augment import AugmentationChain, Failure
 from asr_s2s.batching import BucketBatchSampler
 from asr_s2s.errors import AsrS2SError, TokenizerError
 from asr_s2s.features import fbank
+from asr_s2s.interfaces import Signal
 from asr_s2s.manifest import Utterance
 from asr_s2s.tokenizer import CharTokenizer, normalize_text
 
@@ -30,7 +32,9 @@ class Example:
     feats: torch.Tensor
     tokens: torch.Tensor
     text: str
-    duration_s: float
+    duration_s: float  # of the (augmented) audio
+    augment_notes: tuple[str, ...] = ()  # what the augmentations did
+    augment_failures: tuple[Failure, ...] = ()  # augmentations skipped for this utterance, and why
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class Batch:
     texts: list[str]
     failed: list[tuple[str, str]] = field(default_factory=list)
     audio_seconds: float = 0.0  # unpadded audio in the batch
+    augment_failures: list[tuple[str, Failure]] = field(default_factory=list)  # (utterance id, what failed)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -52,7 +57,7 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
             self.ids, self.feats.to(device), self.feat_lengths.to(device), self.tokens.to(device),
-            self.token_lengths.to(device), self.texts, self.failed, self.audio_seconds,
+            self.token_lengths.to(device), self.texts, self.failed, self.audio_seconds, self.augment_failures,
         )
 
 
@@ -66,23 +71,21 @@ class SpeechDataset(Dataset):
     Transcripts are normalised and tokenised up front, so that unrepresentable
     text is reported before training starts, never silently dropped.
 
-    With ``speed_perturb`` (e.g. ``(0.9, 1.0, 1.1)``, as in Kaldi and ESPnet),
-    each access plays the audio at one of these speeds, drawn uniformly from
-    torch's random generator (seeded per DataLoader worker, so runs repeat):
-    sox's ``speed`` effect, which changes tempo and pitch together (see
-    :func:`asr_s2s.audio.change_speed`). A factor of 0.9 makes an utterance
-    11% longer. The cache then keeps one entry per utterance and speed.
+    With an ``augment`` chain (training only; see :mod:`asr_s2s.augment`), an
+    item is addressed as ``(index, epoch)`` (plain ``index`` means epoch 0) and
+    the chain's entries for that utterance and epoch are applied. The cache
+    then keeps only clean features: an item whose audio is augmented is
+    recomputed, and feature-stage augmentations (SpecAugment) run on the cached
+    features each time.
     """
 
     def __init__(
         self, utterances: Sequence[Utterance], tokenizer: CharTokenizer, require_text: bool = True, cache: bool = False,
-        speed_perturb: Sequence[float] | None = None,
+        augment: AugmentationChain | None = None,
     ) -> None:
         self.utterances = list(utterances)
-        self.cache: dict[tuple[int, float], Example] | None = {} if cache else None
-        self.speed_perturb = tuple(float(f) for f in speed_perturb) if speed_perturb else None
-        if self.speed_perturb and not all(0.5 <= f <= 2.0 for f in self.speed_perturb):
-            raise ValueError(f"speed_perturb factors must lie in [0.5, 2.0], got {list(self.speed_perturb)}")
+        self.cache: dict[int, tuple[torch.Tensor, float]] | None = {} if cache else None  # index -> (feats, seconds)
+        self.augment = augment if augment else None
         self.texts = [normalize_text(u.text) for u in self.utterances]
         self.token_ids: list[list[int]] = []
         problems: list[str] = []
@@ -101,23 +104,31 @@ class SpeechDataset(Dataset):
     def __len__(self) -> int:
         return len(self.utterances)
 
-    def __getitem__(self, index: int) -> Example | tuple[str, str]:
-        """The example at ``index``, or ``(id, reason)`` if its audio cannot be used."""
-        speed = 1.0
-        if self.speed_perturb:
-            speed = self.speed_perturb[int(torch.randint(len(self.speed_perturb), ()))]
-        if self.cache is not None and (index, speed) in self.cache:
-            return self.cache[(index, speed)]
+    def __getitem__(self, key: int | tuple[int, int]) -> Example | tuple[str, str]:
+        """The example at ``index`` or ``(index, epoch)``, or ``(id, reason)`` if its audio cannot be used."""
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
         utt = self.utterances[index]
-        try:
-            waveform = change_speed(load_audio(utt.audio), speed)
-        except AsrS2SError as exc:
-            return (utt.id, str(exc))
+        plan = self.augment.plan(index, epoch) if self.augment is not None else None
+        failures: list[Failure] = []
+        clean = plan is None or not plan.changes_signal
+        notes: tuple[str, ...] = ()
+        cached = self.cache.get(index) if self.cache is not None and clean else None
+        if cached is not None:
+            feats, duration_s = cached
+        else:
+            try:
+                signal = Signal(load_audio(utt.audio), utterance=utt)
+            except AsrS2SError as exc:
+                return (utt.id, str(exc))
+            if not clean:
+                signal = self.augment.apply_signal(plan, signal, failures)
+            feats, duration_s, notes = fbank(signal.waveform, vtln_warp=signal.vtln_warp), len(signal.waveform) / SAMPLE_RATE_HZ, signal.notes
+            if self.cache is not None and clean:
+                self.cache[index] = (feats, duration_s)
+        if plan is not None and plan.features:
+            feats = self.augment.apply_features(plan, feats, failures)
         tokens = torch.tensor(self.token_ids[index], dtype=torch.long)
-        example = Example(utt.id, fbank(waveform), tokens, self.texts[index], len(waveform) / SAMPLE_RATE_HZ)
-        if self.cache is not None:
-            self.cache[(index, speed)] = example
-        return example
+        return Example(utt.id, feats, tokens, self.texts[index], duration_s, notes, tuple(failures))
 
 
 def collate(items: Sequence[Example | tuple[str, str]]) -> Batch:
@@ -136,7 +147,37 @@ def collate(items: Sequence[Example | tuple[str, str]]) -> Batch:
         texts=[e.text for e in good],
         failed=failed,
         audio_seconds=sum(e.duration_s for e in good),
+        augment_failures=[(e.id, f) for e in good for f in e.augment_failures],
     )
+
+
+class EpochTaggedBatches(Sampler[list[tuple[int, int]]]):
+    """A :class:`BucketBatchSampler` whose batches name the epoch: ``[(index, epoch), ...]``.
+
+    DataLoader workers hold their own copy of the dataset, so the epoch travels
+    with each index: augmentation draws depend on it (see :mod:`asr_s2s.augment`).
+    """
+
+    def __init__(self, sampler: BucketBatchSampler) -> None:
+        self.sampler = sampler
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose batches :meth:`__iter__` yields."""
+        self.sampler.set_epoch(epoch)
+
+    def batches(self) -> list[list[tuple[int, int]]]:
+        """This rank's batches of the current epoch, in order."""
+        return [[(index, self.sampler.epoch) for index in batch] for batch in self.sampler.batches()]
+
+    def __iter__(self):
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 def make_loader(
@@ -150,7 +191,7 @@ def make_loader(
     rank: int = 0,
     world_size: int = 1,
 ) -> DataLoader:
-    """A DataLoader over duration-bucketed batches. Its ``batch_sampler`` has ``set_epoch``.
+    """A DataLoader over duration-bucketed batches of ``(index, epoch)`` items. Its ``batch_sampler`` has ``set_epoch``.
 
     With ``world_size > 1`` it yields only this ``rank``'s share of the batches
     (see :class:`~asr_s2s.batching.BucketBatchSampler`).
@@ -161,7 +202,7 @@ def make_loader(
     )
     return DataLoader(
         dataset,
-        batch_sampler=sampler,
+        batch_sampler=EpochTaggedBatches(sampler),
         collate_fn=collate,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,

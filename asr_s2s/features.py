@@ -22,10 +22,13 @@ FRAMES_PER_SECOND = 1000.0 / FRAME_SHIFT_MS
 _INT16_SCALE = 32768.0  # Kaldi computes fbank on integer-scaled samples
 
 
-def fbank(waveform: np.ndarray | torch.Tensor, num_mel_bins: int = NUM_MEL_BINS) -> torch.Tensor:
+def fbank(waveform: np.ndarray | torch.Tensor, num_mel_bins: int = NUM_MEL_BINS, vtln_warp: float = 1.0) -> torch.Tensor:
     """Kaldi-compatible log-mel filterbank of a 16 kHz waveform.
 
     :param waveform: ``(S,)`` float samples in [-1, 1] at 16 kHz.
+    :param vtln_warp: Kaldi's piecewise-linear VTLN warp factor of the mel filters (VTLP when drawn
+        at random in training): frequencies are scaled by ``1 / vtln_warp`` between 100 Hz and
+        Nyquist - 500 Hz, linearly joined to 0 Hz and Nyquist; 1 leaves the filters as they are.
     :returns: ``(T, num_mel_bins)`` float32, ``T = 1 + (S - 400) // 160``, 100 frames per second.
     """
     wav = torch.as_tensor(waveform, dtype=torch.float32).reshape(1, -1) * _INT16_SCALE
@@ -37,6 +40,7 @@ def fbank(waveform: np.ndarray | torch.Tensor, num_mel_bins: int = NUM_MEL_BINS)
         dither=0.0,
         energy_floor=0.0,
         sample_frequency=SAMPLE_RATE_HZ,
+        vtln_warp=vtln_warp,
     )
 
 

@@ -66,3 +66,21 @@ def asr_s2s_register_scorers() -> list[type]:
 
     :returns: a list of scorer classes, each with a unique ``name``.
     """
+
+
+@hookspec
+def asr_s2s_register_augmentations() -> list[type]:
+    """Contribute training-data augmentation classes (subclasses of :class:`asr_s2s.interfaces.Augmentation`).
+
+    An augmentation changes one training utterance on its way to the features,
+    in the data workers, and never at validation or decoding. Its ``stage`` says
+    where: ``"audio"`` maps a waveform ``(S,)`` at 16 kHz to a waveform ``(S',)``
+    (noise, reverberation, codecs, speed, edge framing); ``"filterbank"`` changes
+    how the fbank is computed (VTLP's frequency warp); ``"features"`` maps the
+    log-mel features ``(T, F)`` of one utterance to ``(T', F)`` (SpecAugment).
+    Batches ``(B, T, F)`` are padded only after every augmentation has run. It is
+    built as ``cls(**params)`` (plus ``context=`` when its constructor takes one)
+    from a ``train.augment`` entry ``{name: ..., prob: ..., **params}``.
+
+    :returns: a list of augmentation classes, each with a unique ``name``.
+    """

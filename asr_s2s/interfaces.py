@@ -3,19 +3,22 @@
 Shape letters: ``B`` utterances, ``T`` input frames, ``F`` feature bins,
 ``T'`` encoder frames, ``D`` encoder state size, ``U`` output tokens,
 ``V`` vocabulary size, ``N`` hypotheses in search, ``L`` prefix length,
-``K`` pre-beam candidates per hypothesis.
+``K`` pre-beam candidates per hypothesis, ``S`` audio samples at 16 kHz.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
 if TYPE_CHECKING:
+    from asr_s2s.manifest import Utterance
     from asr_s2s.model import ASRModel
 
 
@@ -268,3 +271,75 @@ class Scorer(ABC):
     def can_compact(self) -> bool:
         """Whether :meth:`compact` is implemented (search compacts only when every active scorer can)."""
         return type(self).compact is not Scorer.compact
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One training utterance on its way to the features: what audio and filterbank augmentations see."""
+
+    waveform: np.ndarray  # (S,) float32 samples at 16 kHz, nominally in [-1, 1]
+    vtln_warp: float = 1.0  # frequency warp of the mel filterbank (VTLP); 1 leaves it as it is
+    notes: tuple[str, ...] = ()  # what each augmentation did, e.g. "noise pink 10.0 dB"
+    utterance: Utterance | None = None  # the manifest entry (e.g. so that babble leaves out its speaker)
+
+    def with_audio(self, waveform: np.ndarray, note: str) -> Signal:
+        """This signal with new samples ``(S',)`` (made float32) and one more note."""
+        return replace(self, waveform=np.ascontiguousarray(waveform, dtype=np.float32), notes=(*self.notes, note))
+
+    def with_warp(self, vtln_warp: float, note: str) -> Signal:
+        """This signal with a new filterbank warp and one more note."""
+        return replace(self, vtln_warp=float(vtln_warp), notes=(*self.notes, note))
+
+
+@dataclass(frozen=True)
+class AugmentationContext:
+    """What an augmentation may draw on besides its params."""
+
+    utterances: Sequence[Utterance] = ()  # the utterances being augmented (e.g. babble sources), manifest order
+    sample_rate_hz: int = 16_000
+    seed: int = 0  # the run's seed: fixed resources (e.g. a bank of simulated rooms) are built from it
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Augmentation(ABC):
+    """Changes one training utterance, in the data workers; never at validation or decoding.
+
+    Constructed as ``cls(**params)`` from a ``train.augment`` entry
+    ``{name: ..., prob: ..., **params}``, or ``cls(context=..., **params)``
+    when the constructor takes a ``context`` (an :class:`AugmentationContext`:
+    the utterances being augmented, the run's seed). The chain applies it with
+    probability ``prob`` and gives it a generator seeded from the run's seed,
+    the epoch, the utterance and the entry's position, so every draw repeats.
+    ``stage`` says what it changes and so which method the chain calls:
+
+    * ``"audio"``: :meth:`apply` returns new samples (noise, reverberation, codecs, speed, framing);
+    * ``"filterbank"``: :meth:`apply` changes only ``Signal.vtln_warp`` (VTLP);
+    * ``"features"``: :meth:`apply_features` masks or warps the log-mel features (SpecAugment).
+
+    The chain runs the audio stages, then the filterbank stages, then computes
+    the features, then runs the feature stages, each group in config order.
+    An augmentation that raises, or returns samples that are not finite, is
+    reported and skipped for that utterance; it never drops the utterance.
+    """
+
+    name: ClassVar[str]
+    stage: ClassVar[Literal["audio", "filterbank", "features"]] = "audio"
+
+    def apply(self, signal: Signal, rng: np.random.Generator) -> Signal:
+        """Audio or filterbank stage: augment one utterance.
+
+        :param signal: ``waveform`` ``(S,)`` float32 at 16 kHz, the filterbank warp, and earlier notes.
+        :param rng: this utterance's generator for this entry; every random draw comes from it.
+        :returns: the new signal ``(S',)``, usually with a note of what was drawn (``Signal.with_audio``).
+        """
+        raise NotImplementedError(f"{type(self).__name__} is a '{self.stage}' augmentation; the chain calls apply_features")
+
+    def apply_features(self, feats: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Feature stage: augment one utterance's raw (not yet normalised) log-mel features.
+
+        :param feats: ``(T, F)`` float32 features, 100 frames per second; never change them in place
+            (they may be the feature cache's copy).
+        :param rng: this utterance's generator for this entry.
+        :returns: ``(T', F)`` features.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is an '{self.stage}' augmentation; the chain calls apply")

@@ -30,14 +30,17 @@ ENTRY_POINT_GROUP = "asr_s2s"
 DISABLE_AUTOLOAD_ENV = "ASR_S2S_DISABLE_AUTOLOAD"
 DISABLE_PLUGINS_ENV = "ASR_S2S_DISABLE_PLUGINS"
 
-Kind = Literal["encoder", "decoder", "lm", "scorer"]
-KINDS: tuple[Kind, ...] = ("encoder", "decoder", "lm", "scorer")
+Kind = Literal["encoder", "decoder", "lm", "scorer", "augmentation"]
+KINDS: tuple[Kind, ...] = ("encoder", "decoder", "lm", "scorer", "augmentation")
 _HOOK_OF_KIND = {
     "encoder": "asr_s2s_register_encoders",
     "decoder": "asr_s2s_register_decoders",
     "lm": "asr_s2s_register_lms",
     "scorer": "asr_s2s_register_scorers",
+    "augmentation": "asr_s2s_register_augmentations",
 }
+# kinds built through a classmethod factory rather than the class itself
+_FACTORY_OF_KIND = {"scorer": "from_model"}
 
 
 def _blocked_from_env() -> set[str]:
@@ -195,7 +198,7 @@ class Registry:
         except PluginError as exc:
             raise PluginError(f"{where}: {exc}") from None
         params = {k: v for k, v in config.items() if k != "name"}
-        factory = getattr(info.cls, "from_model", None) if kind == "scorer" else info.cls
+        factory = getattr(info.cls, _FACTORY_OF_KIND[kind]) if kind in _FACTORY_OF_KIND else info.cls
         check_params(factory, params, where=f"{where} ({kind} {info.name!r})", injected=set(injected))
         return factory(**injected, **params)
 

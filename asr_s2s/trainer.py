@@ -48,6 +48,7 @@ class EpochResult:
     skipped_batches: int  # non-finite loss or gradient
     failed_items: int
     oom_batches: int = 0  # skipped after running out of (GPU) memory
+    augment_failures: int = 0  # augmentations that failed on an utterance, which trained without them
 
 
 def seed_everything(seed: int) -> None:
@@ -183,6 +184,7 @@ class Trainer:
             if value is not None and value < 1:
                 raise ConfigError(f"train.{key} must be a positive integer, got {value}")
         self._bad_in_a_row = 0  # batches with a non-finite loss or gradient since the last good one
+        self._augment_failures: dict[str, int] = {}  # train.augment entry -> failures this epoch
         self._resume_batches, self._resume_totals = 0, None  # set by a mid-epoch checkpoint
         self.infeasible = count_ctc_infeasible(train_set, model)
         self._tensorboard = None
@@ -374,8 +376,10 @@ class Trainer:
         accum, n_local = self.config.accum_grad, len(self.train_loader.batch_sampler)
         contributed, out = 0, None  # batches backpropagated since the last step; the last good output
         self.optimizer.zero_grad(set_to_none=True)
+        self._augment_failures = {}
         for index, batch in enumerate(bar, start=done):
             failed += self._report_failed(batch)
+            self._report_augment_failures(batch)
             group_end = (index + 1) % accum == 0 or index + 1 == n_local
             group_size = min(accum, n_local - index // accum * accum)
             with self.ddp.no_sync() if self.ddp is not None and not group_end else nullcontext():
@@ -443,11 +447,17 @@ class Trainer:
                 f"epoch {self.epoch}: no batch could be trained on ({failed} utterance(s) failed to load, "
                 f"{skipped} batch(es) had a non-finite loss, {oom} ran out of memory; see the warnings above)"
             )
+        augment_failures = sum(self._augment_failures.values())
+        if self.world_size > 1:
+            augment_failures = sum(distributed.all_gather_objects(augment_failures))
+        if augment_failures:
+            log.warning("epoch %d: %d augmentation(s) failed and were skipped for their utterance: %s", self.epoch,
+                        augment_failures, ", ".join(f"{k} {v}x" for k, v in sorted(self._augment_failures.items())))
         valid_loss, valid_cer = self.validate()
         wall = time.perf_counter() - started
         result = EpochResult(
             self.epoch, self.step, total_loss / max(1, batches), valid_loss, valid_cer, audio_s, wall, skipped, failed,
-            oom_batches=oom,
+            oom_batches=oom, augment_failures=augment_failures,
         )
         self.history.append({"epoch": self.epoch, "valid_loss": valid_loss, "valid_cer": valid_cer})
         self._log({"kind": "epoch", **asdict(result), "best_epoch": self.best_epoch()})
@@ -572,6 +582,14 @@ class Trainer:
         if not refs:
             return float("nan"), float("nan")
         return sum(losses) / len(refs), error_rates(refs, hyps).cer
+
+    def _report_augment_failures(self, batch) -> None:
+        """Warn about the first failure of each ``train.augment`` entry in an epoch; count them all."""
+        for utt_id, failure in batch.augment_failures:
+            if failure.where not in self._augment_failures:
+                log.warning("%s failed on %s and was skipped for it: %s (later failures of this entry are only "
+                            "counted)", failure.where, utt_id, failure.reason)
+            self._augment_failures[failure.where] = self._augment_failures.get(failure.where, 0) + 1
 
     def _report_failed(self, batch) -> int:
         for utt_id, reason in batch.failed:

@@ -329,24 +329,6 @@ def test_fuzz_the_streaming_reader(tmp_path, encoded_files, ext, noise, position
             assert blocks and all(b.dtype == np.float32 and np.all(np.isfinite(b)) for b in blocks)
 
 
-def test_change_speed_shifts_tempo_and_pitch_like_sox_speed():
-    import numpy as np
-
-    from asr_s2s.audio import change_speed
-
-    rate = 16_000
-    tone = np.sin(2 * np.pi * 1000 * np.arange(rate) / rate).astype(np.float32)  # 1 s of 1 kHz
-    assert change_speed(tone, 1.0) is tone
-    for factor in (0.9, 1.1):
-        out = change_speed(tone, factor)
-        assert out.dtype == np.float32 and abs(len(out) - rate / factor) <= 1
-        spectrum = np.abs(np.fft.rfft(out[200:-200]))
-        peak_hz = np.argmax(spectrum) * rate / len(out[200:-200])
-        assert abs(peak_hz - 1000 * factor) < 5, (factor, peak_hz)
-    with pytest.raises(ValueError, match="positive"):
-        change_speed(tone, 0.0)
-
-
 # -- streaming (long recordings) ---------------------------------------------------------------------
 @pytest.mark.parametrize("rate, channels", [(16_000, 1), (44_100, 2), (8_000, 1)])
 def test_stream_audio_blocks_join_to_what_load_audio_reads(tmp_path, speech, rate, channels):

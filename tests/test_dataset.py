@@ -124,26 +124,3 @@ def test_feature_cache_returns_the_same_features(tmp_path, fixture_utterances, t
     assert isinstance(second, Example)
     torch.testing.assert_close(second.feats, first.feats, atol=0, rtol=0)
     torch.testing.assert_close(first.feats, fbank(load_audio(fixture_utterances[0].audio)), atol=0, rtol=0)
-
-
-def test_speed_perturbation_plays_each_factor(fixture_utterances, tokenizer):
-    """Speed perturbation (0.9/1.0/1.1) draws a factor per access; 0.9 makes the utterance 11% longer."""
-    utt = fixture_utterances[0]
-    plain = SpeechDataset([utt], tokenizer)[0]
-    dataset = SpeechDataset([utt], tokenizer, cache=True, speed_perturb=[0.9, 1.0, 1.1])
-    torch.manual_seed(0)
-    frames = {}
-    for _ in range(24):
-        item = dataset[0]
-        frames[round(plain.duration_s / item.duration_s, 2)] = item.feats.shape[0]
-        assert item.text == plain.text and torch.equal(item.tokens, plain.tokens)
-    assert sorted(frames) == [0.9, 1.0, 1.1]
-    assert frames[1.0] == plain.feats.shape[0]
-    assert frames[0.9] == pytest.approx(plain.feats.shape[0] / 0.9, abs=2)
-    assert frames[1.1] == pytest.approx(plain.feats.shape[0] / 1.1, abs=2)
-    assert sorted(speed for _, speed in dataset.cache) == [0.9, 1.0, 1.1], "one cache entry per speed"
-
-
-def test_speed_perturbation_factors_are_checked(fixture_utterances, tokenizer):
-    with pytest.raises(ValueError, match="speed_perturb factors"):
-        SpeechDataset(fixture_utterances[:1], tokenizer, speed_perturb=[0.0, 1.0])

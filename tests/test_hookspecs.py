@@ -37,7 +37,9 @@ def test_every_hook_is_named_in_the_tests(hook):
     assert any(hook in p.read_text() for p in here.glob("test_*.py") if p.name != Path(__file__).name)
 
 
-@pytest.mark.parametrize("cls", [interfaces.Encoder, interfaces.Decoder, interfaces.LanguageModel, interfaces.Scorer])
+@pytest.mark.parametrize(
+    "cls", [interfaces.Encoder, interfaces.Decoder, interfaces.LanguageModel, interfaces.Scorer, interfaces.Augmentation]
+)
 def test_interface_methods_document_shapes(cls):
     for name, member in vars(cls).items():
         if name.startswith("_") or not callable(member) or name == "from_model":

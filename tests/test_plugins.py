@@ -91,6 +91,17 @@ def test_builtins_register_through_entry_points(registry):
         ("scorer", "lm"): "lstm_lm",
         ("scorer", "ngram"): "ngram",
         ("scorer", "hotwords"): "hotwords",
+        ("augmentation", "framing"): "framing",
+        ("augmentation", "noise"): "noise",
+        ("augmentation", "reverb"): "reverb",
+        ("augmentation", "codec"): "channel",
+        ("augmentation", "telephone"): "channel",
+        ("augmentation", "gain"): "perturb",
+        ("augmentation", "speed"): "perturb",
+        ("augmentation", "pitch"): "perturb",
+        ("augmentation", "tempo"): "perturb",
+        ("augmentation", "vtlp"): "perturb",
+        ("augmentation", "specaugment"): "specaugment",
     }
     for key, plugin in expected.items():
         info = rows[key]
