@@ -6,6 +6,7 @@ session. Session-scoped models are shared: tests must treat them as read-only.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import sys
@@ -373,6 +374,40 @@ def _forget_test_plugin_modules():
     for module in list(_IMPORTED_BY_TESTS):
         sys.modules.pop(module, None)
     _IMPORTED_BY_TESTS.clear()
+
+
+@contextlib.contextmanager
+def install_example(example: Path, site: Path, monkeypatch):
+    """Install an ``examples/`` package as pip would, into ``site`` on sys.path, for the duration of a test.
+
+    Its package is copied beside a ``.dist-info`` whose ``entry_points.txt`` is
+    built from the example's own ``pyproject.toml``, so that the shipped entry
+    point is what gets discovered; its modules are forgotten afterwards.
+    """
+    import importlib.metadata
+    import shutil
+    import tomllib
+
+    project = tomllib.loads((example / "pyproject.toml").read_text())["project"]
+    (module,) = [p.name for p in (example / "src").iterdir() if (p / "__init__.py").is_file()]
+
+    def forget() -> None:
+        for name in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
+            del sys.modules[name]
+
+    shutil.copytree(example / "src" / module, site / module, ignore=shutil.ignore_patterns("__pycache__"))
+    info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    entry_points = project["entry-points"]["asr_s2s"]
+    (info / "entry_points.txt").write_text("[asr_s2s]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
+    forget()
+    monkeypatch.syspath_prepend(str(site))  # also invalidates import caches
+    importlib.invalidate_caches()
+    try:
+        yield site
+    finally:
+        forget()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from asr_s2s.errors import ConfigError, PluginError
 from asr_s2s.plugins import ConfigKeyError, Registry
 from asr_s2s.recognizer import build_scorers
 
-from conftest import FIXTURE_DIR, REPO, make_search
+from conftest import FIXTURE_DIR, REPO, install_example, make_search
 
 EXAMPLE = REPO / "examples" / "asr-s2s-repetition-penalty"
 MODULE = "asr_s2s_repetition_penalty"
@@ -31,26 +31,11 @@ PROJECT = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]
 DISTRIBUTION = f"{PROJECT['name']} {PROJECT['version']}"
 
 
-def _forget_module() -> None:
-    for name in [m for m in sys.modules if m == MODULE or m.startswith(MODULE + ".")]:
-        del sys.modules[name]
-
-
 @pytest.fixture
 def installed(tmp_path, monkeypatch):
     """Install the example into a fresh site folder on sys.path; uninstalled again after the test."""
-    site = tmp_path / "site"
-    shutil.copytree(EXAMPLE / "src" / MODULE, site / MODULE, ignore=shutil.ignore_patterns("__pycache__"))
-    info = site / f"{PROJECT['name'].replace('-', '_')}-{PROJECT['version']}.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {PROJECT['name']}\nVersion: {PROJECT['version']}\n")
-    entry_points = PROJECT["entry-points"]["asr_s2s"]
-    (info / "entry_points.txt").write_text("[asr_s2s]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
-    _forget_module()
-    monkeypatch.syspath_prepend(str(site))  # also invalidates import caches
-    importlib.invalidate_caches()
-    yield site
-    _forget_module()
+    with install_example(EXAMPLE, tmp_path / "site", monkeypatch) as site:
+        yield site
 
 
 @pytest.fixture
