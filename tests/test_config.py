@@ -166,7 +166,8 @@ def test_librispeech_configs_load_and_use_4x_with_ctc():
     for name in ("las_100h", "las_960h", "las_tiny"):
         config = load_config(REPO / "recipes" / "librispeech" / "conf" / f"{name}.yaml")
         assert config.model.ctc_weight == 0.3 and config.model.encoder["pyramid_layers"] == 2, name
-        assert config.train.speed_perturb == [0.9, 1.0, 1.1] and config.model.specaug is not None, name
+        assert config.train.augment[0] == {"name": "speed", "factors": [0.9, 1.0, 1.1]}, name
+        assert config.train.augment[1]["name"] == "specaugment" and config.model.specaug is None, name
         assert config.model.decoder.get("attention_type", "location") == "location", name
     big = load_config(REPO / "recipes" / "librispeech" / "conf" / "las_960h.yaml").model
     assert 320 <= big.encoder["hidden_size"] <= 512 and big.decoder["num_layers"] in (1, 2)
