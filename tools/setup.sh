@@ -2,9 +2,11 @@
 # Usage: bash tools/setup.sh [--dev]
 #
 # Installs everything asr-s2s needs on a fresh Debian machine:
-#   - Debian packages: espeak-ng and wordnet-base (the bundled corpus), irstlm
-#     (the bundled recipe's word n-gram LM), sox,
-#     ffmpeg (mp3/m4a decoding fallback) and libsndfile1;
+#   - Debian packages: the bundled corpus's synthesisers espeak-ng, flite and
+#     festival with its voices festvox-kallpc16k, festvox-kdlpc16k and
+#     festvox-us-slt-hts, and its sentences wordnet-base; irstlm (the bundled
+#     recipe's word n-gram LM), sox, ffmpeg (mp3/m4a decoding fallback) and
+#     libsndfile1;
 #   - a virtual environment in .venv with torch, torchaudio and asr-s2s
 #     (editable); --dev adds the test tools.
 # Re-running it is cheap: finished steps are skipped.
@@ -18,7 +20,7 @@ extras=""
 # the CPU-only torch 2.13.0 build fails to import torchaudio.
 torch_spec=${TORCH_SPEC:-"torch==2.14.1 torchaudio==2.11.0"}
 
-apt_packages="espeak-ng wordnet-base irstlm sox ffmpeg libsndfile1"
+apt_packages="espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts wordnet-base irstlm sox ffmpeg libsndfile1"
 missing=""
 for pkg in $apt_packages; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
