@@ -890,10 +890,10 @@ def festival_probe_specs(voice: Voice) -> list[UtteranceSpec]:
     ]
 
 
-def festival_voices() -> tuple[list[Voice], dict[str, str]]:
+def festival_voices(work_root: str) -> tuple[list[Voice], dict[str, str]]:
     """Describe the festival voices, then keep those whose output changes with both
-    rate and pitch (runs in a worker)."""
-    with tempfile.TemporaryDirectory(prefix=FESTIVAL_WORK_DIR_PREFIX) as work_dir:
+    rate and pitch (runs in a worker; its files go under ``work_root``)."""
+    with tempfile.TemporaryDirectory(dir=work_root) as work_dir:
         candidates, dropped = describe_festival_voices(Path(work_dir))
         specs = [spec for voice in candidates for spec in festival_probe_specs(voice)]
         audio = festival_audio(specs, Path(work_dir)) if specs else []
@@ -920,13 +920,14 @@ def festival_voices() -> tuple[list[Voice], dict[str, str]]:
 
 
 def find_voices(
-    pool: multiprocessing.pool.Pool,
+    pool: multiprocessing.pool.Pool, work_root: str
 ) -> tuple[dict[str, list[Voice]], dict[str, dict[str, str]]]:
-    """Every family's usable voices and dropped voices; the probes run in ``pool``."""
+    """Every family's usable voices and dropped voices; the probes run in ``pool``
+    (festival's files under ``work_root``)."""
     accents, variants = english_accents(), voice_variants()
     espeak_names = espeak_probe_voices(list(accents), list(variants))
     espeak_result = pool.map_async(probe_voice, espeak_names)
-    festival_result = pool.apply_async(festival_voices)
+    festival_result = pool.apply_async(festival_voices, (work_root,))
     flite_names = [name for name in list_flite_voices() if name not in FLITE_EXCLUDED_VOICES]
     flite_result = pool.map_async(probe_flite_voice, flite_names)
     # Meanwhile, check here (not in a worker, where a crash would hang the pool)
@@ -1710,19 +1711,18 @@ def write_utterance(audio: np.ndarray, rate_hz: int, spec: UtteranceSpec, path: 
     return int(pcm.size)
 
 
-def synthesize_chunk(jobs: Sequence[tuple[UtteranceSpec, str]]) -> list[int]:
+def synthesize_chunk(jobs: Sequence[tuple[UtteranceSpec, str]], work_root: str) -> list[int]:
     """Worker: synthesise utterances to 16 kHz FLAC files; return their sample counts.
 
     espeak-ng and flite run once per utterance; the chunk's festival utterances share
-    one festival process (its start-up is slow).
+    one festival process (its start-up is slow), with its files under ``work_root``.
     """
     festival_jobs = [
         position for position, (spec, _) in enumerate(jobs) if spec.voice.family == FESTIVAL
     ]
     festival_results = {}
     if festival_jobs:
-        # Not in the staging directory: festival may outlive a worker stopped at the end.
-        with tempfile.TemporaryDirectory(prefix=FESTIVAL_WORK_DIR_PREFIX) as work_dir:
+        with tempfile.TemporaryDirectory(dir=work_root) as work_dir:
             specs = [jobs[position][0] for position in festival_jobs]
             festival_results = dict(zip(festival_jobs, festival_audio(specs, Path(work_dir))))
     counts = []
@@ -1772,22 +1772,32 @@ def make_chunks(jobs: Sequence, num_workers: int) -> list[Sequence]:
     return [jobs[start : start + size] for start in range(0, len(jobs), size)]
 
 
-def synthesize_in_order(
-    jobs: Sequence[tuple[UtteranceSpec, str]], pool: multiprocessing.pool.Pool, workers: int
-) -> Iterator[int]:
-    """Synthesise ``jobs`` in the pool; yield their sample counts in job order."""
-    for counts in pool.imap(synthesize_chunk, make_chunks(jobs, workers)):
-        yield from counts
+@dataclasses.dataclass(frozen=True)
+class Synthesis:
+    """Where and with what utterances are synthesised."""
+
+    pool: multiprocessing.pool.Pool
+    workers: int
+    staging_dir: Path  # the FLAC files, until they get their LibriSpeech names
+    # festival's scripts and WAV files: not under the output directory, since a
+    # festival process may outlive its worker when the pool stops at the end
+    work_root: str
+
+    def in_order(self, specs: Sequence[UtteranceSpec]) -> Iterator[int]:
+        """Synthesise ``specs``; yield their sample counts in order."""
+        jobs = [(spec, staged_path(self.staging_dir, spec)) for spec in specs]
+        worker = functools.partial(synthesize_chunk, work_root=self.work_root)
+        for counts in self.pool.imap(worker, make_chunks(jobs, self.workers)):
+            yield from counts
 
 
 def synthesize_eval_split(
-    specs: Sequence[UtteranceSpec], staging_dir: Path, pool: multiprocessing.pool.Pool, workers: int
+    specs: Sequence[UtteranceSpec], synthesis: Synthesis
 ) -> list[tuple[UtteranceSpec, int]]:
     """Synthesise a dev/test (or unseen-synthesiser) split completely."""
-    jobs = [(spec, staged_path(staging_dir, spec)) for spec in specs]
-    bar = progress_bar(len(jobs), specs[0].split if specs else "", "utt")
+    bar = progress_bar(len(specs), specs[0].split if specs else "", "utt")
     results = []
-    for spec, num_samples in zip(specs, synthesize_in_order(jobs, pool, workers)):
+    for spec, num_samples in zip(specs, synthesis.in_order(specs)):
         results.append((spec, num_samples))
         bar.update()
     bar.close()
@@ -1797,9 +1807,7 @@ def synthesize_eval_split(
 def synthesize_train_split(
     plan: Iterator[UtteranceSpec],
     budget_samples: int,
-    staging_dir: Path,
-    pool: multiprocessing.pool.Pool,
-    workers: int,
+    synthesis: Synthesis,
     description: str = TRAIN_SPLIT,
 ) -> list[tuple[UtteranceSpec, int]]:
     """Synthesise training utterances in plan order until their duration reaches the budget.
@@ -1814,8 +1822,7 @@ def synthesize_train_split(
     batch_size = FIRST_TRAIN_BATCH_UTTERANCES
     while total_samples < budget_samples:
         specs = list(itertools.islice(plan, batch_size))
-        jobs = [(spec, staged_path(staging_dir, spec)) for spec in specs]
-        for spec, num_samples in zip(specs, synthesize_in_order(jobs, pool, workers)):
+        for spec, num_samples in zip(specs, synthesis.in_order(specs)):
             results.append((spec, num_samples))
             total_samples += num_samples
             seconds = min(total_samples, budget_samples) // TARGET_SAMPLE_RATE_HZ
@@ -1826,7 +1833,7 @@ def synthesize_train_split(
         mean_samples = total_samples / len(results)
         remaining = (budget_samples - total_samples) / mean_samples
         wanted = math.ceil(remaining * TRAIN_BATCH_OVERSHOOT)
-        batch_size = min(MAX_TRAIN_BATCH_UTTERANCES, max(2 * workers, wanted))
+        batch_size = min(MAX_TRAIN_BATCH_UTTERANCES, max(2 * synthesis.workers, wanted))
     bar.close()
     return results
 
@@ -2307,24 +2314,29 @@ def build(args: argparse.Namespace) -> None:
     prepare_output_dir(out_dir, parameters)
     staging_dir = out_dir / STAGING_DIR
     staging_dir.mkdir()
-    with multiprocessing.Pool(args.jobs) as pool:
-        voices, dropped = find_voices(pool)
+    with (
+        tempfile.TemporaryDirectory(
+            prefix=FESTIVAL_WORK_DIR_PREFIX, ignore_cleanup_errors=True
+        ) as work_root,
+        multiprocessing.Pool(args.jobs) as pool,
+    ):
+        voices, dropped = find_voices(pool, work_root)
         plan = plan_corpus(voices, sentences, args)
         print(describe_voices(plan), flush=True)
+        synthesis = Synthesis(pool, args.jobs, staging_dir, work_root)
         results = {}
         for split, specs in plan.eval_specs.items():
-            results[split] = synthesize_eval_split(specs, staging_dir, pool, args.jobs)
+            results[split] = synthesize_eval_split(specs, synthesis)
         results[TRAIN_SPLIT] = []
         for family in plan.training_families:
             results[TRAIN_SPLIT] += synthesize_train_split(
                 plan.train_plans[family],
                 plan.train_budgets[family],
-                staging_dir,
-                pool,
-                args.jobs,
+                synthesis,
                 description=f"train {family}",
             )
-    # Leaving the pool terminates it, dropping work queued beyond the training budget.
+    # Leaving the pool terminates it, dropping work queued beyond the training budget;
+    # then festival's temporary files go.
 
     check_splits(results, plan.held_out)
     layout: dict[str, list[Utterance]] = {}
