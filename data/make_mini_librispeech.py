@@ -2082,6 +2082,7 @@ def splits_record(
                         "sex": voice.sex,
                         "pitch_control": voice.pitch_control,
                         "speakers": SPEAKERS_PER_VOICE[family],
+                        **({"in_process": voice.in_process} if family == FLITE else {}),
                     }
                     for voice in family_voices
                 }
