@@ -3,7 +3,7 @@
 
 The corpus is meant for smoke tests, tutorials and CI of the toolkit: it needs no
 download, is spoken by three families of offline English synthesisers (espeak-ng,
-flite and festival), builds one hour of training audio (plus dev/test) in about 40
+flite and festival), builds one hour of training audio (plus dev/test) in about 30
 seconds on an idle two-core machine, and is byte-identical for a given ``--seed``.
 One family is held out of training and speaks test splits of its own, so that a
 model is also scored on a synthesiser it has never heard.
