@@ -26,7 +26,7 @@
 #      weights, and the framing check (the same files with 0, 0.15 and 0.5 s of leading silence); add both tables
 #      to RESULTS.md
 #  10. transcribe one test file with the trained model, both LMs and the best weights
-# --preset long: more audio, epochs and a larger model (conf/las_mini_long.yaml; see README.md); the other
+# --preset long: 9 h of training speech and 6 epochs (conf/las_mini_long.yaml; see README.md); the other
 # options still override it. Each finished stage leaves a .done marker; a re-run skips it unless an earlier
 # stage ran again. --stage N redoes stage N and every later one (to --stop-stage).
 set -euo pipefail
@@ -80,7 +80,7 @@ done
 
 case "$preset" in  # what each preset trains; --hours, --epochs and --config override it
   default) hours=${hours:-4.5}; config=${config:-"$recipe_dir/conf/las_mini.yaml"} ;;
-  long) hours=${hours:-12}; config=${config:-"$recipe_dir/conf/las_mini_long.yaml"} ;;
+  long) hours=${hours:-9}; config=${config:-"$recipe_dir/conf/las_mini_long.yaml"} ;;
   *) echo "run.sh: --preset must be default or long, got '$preset'" >&2; exit 2 ;;
 esac
 case "$init_decoder_from_lm" in
