@@ -23,7 +23,6 @@ from asr_s2s.interfaces import Augmentation, AugmentationContext, Signal
 from asr_s2s.plugins import ConfigKeyError, Registry, get_plugin_manager
 from asr_s2s.hookspecs import hookimpl
 
-from conftest import FIXTURE_DIR
 
 
 def chain_of(registry, entries, utterances=(), seed=0):
