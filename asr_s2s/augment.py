@@ -1,8 +1,11 @@
 """The training-data augmentation chain: ``train.augment`` entries, applied per utterance in the data workers.
 
-Each entry of ``train.augment`` is ``{name: PLUGIN, prob: P, **params}``: the
-augmentation plugin ``name`` (see ``asr-s2s plugins``), applied to each
-utterance with probability ``P`` (default 1). Every draw comes from a generator
+Each entry of ``train.augment`` is ``{name: PLUGIN, prob: P, start_epoch: E, **params}``:
+the augmentation plugin ``name`` (see ``asr-s2s plugins``), applied to each
+utterance with probability ``P`` (default 1) from epoch ``E`` on (counting from
+1, the default). A later start lets the first epochs learn the alignment from
+clean audio, which a short run needs: attention that has not yet learnt to
+follow the audio learns it slowly from heavily distorted input. Every draw comes from a generator
 seeded by ``(seed, epoch, utterance index, entry position)``, so an epoch's
 augmented audio is the same whichever worker loads it, whatever the batch
 order, and after a resume; changing one entry changes no other entry's draws.
@@ -44,6 +47,7 @@ class Step:
     prob: float
     position: int  # index in the config list: part of the seed of its draws
     where: str  # e.g. "train.augment[2] (noise)", for messages
+    start_epoch: int = 1  # the first epoch (counting from 1) whose utterances it is drawn for
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class AugmentationChain:
     ) -> AugmentationChain:
         """Build every entry (unknown names and params are errors naming the entry).
 
-        :raises ConfigError: for an entry that is not a mapping, a bad ``prob``, or parameters
+        :raises ConfigError: for an entry that is not a mapping, a bad ``prob`` or ``start_epoch``, or parameters
             the augmentation rejects; :raises PluginError: for an unknown name or key (did-you-mean).
         """
         steps = []
@@ -105,6 +109,9 @@ class AugmentationChain:
             prob = params.pop("prob", 1.0)
             if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
                 raise ConfigError(f"{at}.prob: expected a probability in [0, 1], got {prob!r}")
+            start_epoch = params.pop("start_epoch", 1)
+            if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 1:
+                raise ConfigError(f"{at}.start_epoch: expected an epoch number from 1 on, got {start_epoch!r}")
             label = f"{at} ({params.get('name', '?')})"
             injected = {"context": context} if _takes_context(registry, params.get("name")) else {}
             try:
@@ -113,7 +120,7 @@ class AugmentationChain:
                 raise ConfigError(f"{label}: {exc}") from None
             if getattr(augmentation, "stage", None) not in STAGES:
                 raise PluginError(f"{label}: stage must be one of {', '.join(STAGES)}, got {augmentation.stage!r}")
-            steps.append(Step(augmentation, float(prob), position, label))
+            steps.append(Step(augmentation, float(prob), position, label, start_epoch))
         return cls(steps, seed)
 
     def rng(self, index: int, epoch: int, position: int) -> np.random.Generator:
@@ -121,9 +128,12 @@ class AugmentationChain:
         return np.random.default_rng([self.seed, epoch, index, position])
 
     def plan(self, index: int, epoch: int) -> Plan:
-        """Which entries fire for utterance ``index`` in ``epoch`` (the first draw of each entry's generator)."""
+        """Which entries fire for utterance ``index`` in ``epoch`` (counting from 0; the first draw of each
+        entry's generator). An entry whose ``start_epoch`` is later than ``epoch + 1`` does not fire."""
         fired: dict[str, list] = {stage: [] for stage in STAGES}
         for step in self.steps:
+            if epoch + 1 < step.start_epoch:
+                continue
             rng = self.rng(index, epoch, step.position)
             if rng.random() < step.prob:
                 fired[step.augmentation.stage].append((step, rng))

@@ -70,6 +70,15 @@ def test_an_entry_fires_with_its_probability(registry):
     assert abs(counts[0] / 2000 - 0.3) < 0.04
 
 
+def test_an_entry_fires_only_from_its_start_epoch(registry):
+    chain = chain_of(registry, [{"name": "gain", "start_epoch": 3}, {"name": "gain"}])
+    assert {tuple(step.position for step, _ in chain.plan(i, epoch).audio) for i in range(50) for epoch in (0, 1)} == {(1,)}
+    assert all(len(chain.plan(i, epoch).audio) == 2 for i in range(50) for epoch in (2, 5))
+    # the later start leaves the draws of the epochs it fires in as they were
+    early = chain_of(registry, [{"name": "gain"}, {"name": "gain"}])
+    assert [r.random() for _, r in chain.plan(7, 2).audio] == [r.random() for _, r in early.plan(7, 2).audio]
+
+
 def test_changing_one_entry_leaves_the_other_entries_draws(registry, fixture_utterances):
     signal = Signal(load_audio(fixture_utterances[0].audio), utterance=fixture_utterances[0])
     a = chain_of(registry, [{"name": "gain"}, {"name": "noise", "snr_db": [10, 30]}])
@@ -199,6 +208,7 @@ def test_the_trainer_warns_once_per_entry_and_counts_every_failure(
         ([{"name": "noise", "snr_db": [20, 5]}], ConfigError, ["train.augment[0] (noise)", "snr_db", "min <= max"]),
         ([{"name": "noise", "sources": ["pinkk"]}], ConfigError, ["train.augment[0] (noise)", "pinkk"]),
         ([{"name": "gain", "prob": 1.5}], ConfigError, ["train.augment[0].prob", "1.5"]),
+        ([{"name": "gain", "start_epoch": 0}], ConfigError, ["train.augment[0].start_epoch", "from 1 on", "0"]),
         ([{"name": "gain"}, "gain"], ConfigError, ["train.augment[1]", "expected a mapping"]),
         ([{"name": "codec", "codecs": ["aac"]}], ConfigError, ["train.augment[0] (codec)", "mp3, opus"]),
         ([{"name": "speed", "factors": [0.0, 1.0]}], ConfigError, ["speed factors must lie in [0.5, 2.0]"]),
