@@ -30,6 +30,10 @@ class PluginError(AsrS2SError):
     """A plugin failed to load, or a component name is unknown or claimed twice."""
 
 
+class ScorerError(AsrS2SError):
+    """A scorer raised during search, or returned scores of the wrong shape or dtype, or a NaN."""
+
+
 class ModelPackageError(AsrS2SError):
     """A model package is missing files or does not match its weights."""
 

@@ -195,11 +195,23 @@ class Scorer(ABC):
     ``depends_on``; search then runs it after those and calls
     ``score(prefix, state, inputs)`` with ``inputs`` mapping each name to that
     scorer's new state.
+
+    The full scorers' weighted sum picks the candidates that partial scorers
+    see (the pre-beam). A full scorer whose score is the same for every next
+    token (a length bonus) sets ``ranks_tokens = False``: it reorders
+    hypotheses but cannot pick tokens, so when no active full scorer ranks
+    tokens, partial scorers see the whole vocabulary.
+
+    Search checks what a scorer returns: scores of the wrong shape or a
+    non-float dtype, a NaN or ``+inf``, or an exception raised in any method
+    stop the search with a :class:`~asr_s2s.errors.ScorerError` naming the
+    scorer and its plugin. ``-inf`` is allowed: it rules a token out.
     """
 
     name: ClassVar[str]
     partial: ClassVar[bool] = False
     depends_on: ClassVar[tuple[str, ...]] = ()
+    ranks_tokens: ClassVar[bool] = True
 
     @classmethod
     def from_model(cls, model: ASRModel) -> Scorer:

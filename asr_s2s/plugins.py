@@ -183,6 +183,11 @@ class Registry:
                 f"Known {kind}s: {', '.join(known) or '(none)'}. Run `asr-s2s plugins` to list them."
             ) from None
 
+    def origin(self, kind: Kind, name: str) -> str:
+        """Where a component comes from, for messages: ``plugin 'x' from dist 1.0``."""
+        info = self.get(kind, name)
+        return f"plugin {info.plugin!r}, {info.distribution}"
+
     def build(self, kind: Kind, config: Mapping[str, Any], where: str, **injected: Any) -> Any:
         """Build a component from ``{"name": ..., **params}``.
 

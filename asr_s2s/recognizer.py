@@ -68,7 +68,10 @@ class Recognizer:
         self.greedy = decode.beam_size == 1 and active == {"decoder"} and decode.min_length_ratio == 0
         scorers = build_scorers(model, registry, decode.scorers, decode.scorer_params)
         tok = model.tokenizer
-        self.search = None if self.greedy else BeamSearch(scorers, self.options, tok.sos_id, tok.eos_id, model.vocab_size)
+        origins = {name: registry.origin("scorer", name) for name in scorers}
+        self.search = None if self.greedy else BeamSearch(
+            scorers, self.options, tok.sos_id, tok.eos_id, model.vocab_size, origins=origins
+        )
 
     @torch.inference_mode()
     def encode(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from asr_s2s.errors import ConfigError
+from asr_s2s.errors import AsrS2SError, ConfigError, ScorerError
 from asr_s2s.interfaces import Decoder, Scorer
 
 NEG_INF = float("-inf")
@@ -123,12 +123,20 @@ class BeamSearch:
     When every active scorer can :meth:`~asr_s2s.interfaces.Scorer.compact`
     its state, the rows of stopped utterances are dropped from the batch, so
     that a batch costs what its unfinished utterances cost.
+
+    A scorer that raises, or returns scores of the wrong shape or dtype, a NaN
+    or ``+inf``, stops the search with a :class:`ScorerError` that names it
+    and ``origins[name]`` (its plugin and distribution, when given).
     """
 
-    def __init__(self, scorers: Mapping[str, Scorer], options: SearchOptions, sos: int, eos: int, vocab_size: int) -> None:
+    def __init__(
+        self, scorers: Mapping[str, Scorer], options: SearchOptions, sos: int, eos: int, vocab_size: int,
+        origins: Mapping[str, str] | None = None,
+    ) -> None:
         active = {name: s for name, s in scorers.items() if options.weights.get(name, 0.0) > 0}
         if not active:
             raise ConfigError("beam search needs at least one scorer with a positive weight")
+        self.origins = dict(origins or {})
         for name, scorer in active.items():
             missing = [dep for dep in scorer.depends_on if dep not in active]
             if missing:
@@ -143,7 +151,9 @@ class BeamSearch:
         self.weights = {name: float(options.weights[name]) for name in self.scorers}
         self.options = options
         self.sos, self.eos, self.vocab_size = sos, eos, vocab_size
-        self.pre_beam = min(vocab_size, math.ceil(options.pre_beam_ratio * options.beam_size)) if self.full else vocab_size
+        # only full scorers that tell tokens apart can choose the partial scorers' candidates
+        ranking = any(self.scorers[n].ranks_tokens for n in self.full)
+        self.pre_beam = min(vocab_size, math.ceil(options.pre_beam_ratio * options.beam_size)) if ranking else vocab_size
         self.compacts = all(s.can_compact for s in self.scorers.values())
 
     @torch.inference_mode()
@@ -156,7 +166,7 @@ class BeamSearch:
         batch, k, vocab, device = states.shape[0], self.options.beam_size, self.vocab_size, states.device
         n = batch * k
         min_len, max_len = (t.repeat_interleave(k) for t in length_limits(state_lengths, self.options))
-        scorer_states = {name: s.init_beam_state(states, state_lengths, k) for name, s in self.scorers.items()}
+        scorer_states = {name: self._call(name, "init_beam_state", states, state_lengths, k) for name in self.scorers}
         prefix = torch.full((n, 1), self.sos, dtype=torch.long, device=device)
         running = torch.full((batch, k), NEG_INF, dtype=torch.float64, device=device)
         running[:, 0] = 0.0  # all beams start identical: keep one
@@ -187,7 +197,7 @@ class BeamSearch:
             new_tokens = token.gather(1, keep).reshape(n)
             shares = shares[rows] + self._shares(step_scores, rows, new_tokens)
             prefix = torch.cat([prefix[rows], new_tokens.unsqueeze(1)], dim=1)
-            scorer_states = {name: s.select(new_states[name], rows, new_tokens) for name, s in self.scorers.items()}
+            scorer_states = {name: self._call(name, "select", new_states[name], rows, new_tokens) for name in self.scorers}
             done |= torch.tensor([len(finished[u]) >= k for u in alive], device=device)
             done |= step >= max_len.view(b, k)[:, 0]
             if self.options.end_margin is not None:
@@ -199,7 +209,7 @@ class BeamSearch:
             if self.compacts and int(done.sum()) >= max(1, COMPACT_FRACTION * b):
                 blocks = (~done).nonzero().squeeze(1)  # (b',)
                 kept = (blocks.unsqueeze(1) * k + beam_offsets).reshape(-1)  # (b' * K,)
-                scorer_states = {name: s.compact(scorer_states[name], kept) for name, s in self.scorers.items()}
+                scorer_states = {name: self._call(name, "compact", scorer_states[name], kept) for name in self.scorers}
                 prefix, shares, min_len, max_len = prefix[kept], shares[kept], min_len[kept], max_len[kept]
                 running, done = running[blocks], done[blocks]
                 alive = [alive[i] for i in blocks.tolist()]
@@ -215,14 +225,16 @@ class BeamSearch:
         step_scores, new_states = {}, {}
         total = prefix.new_zeros(prefix.shape[0], self.vocab_size, dtype=torch.float64)
         for name in self.full:
-            scorer = self.scorers[name]
-            if scorer.depends_on:
-                step_scores[name], new_states[name] = scorer.score(
-                    prefix, scorer_states[name], {dep: new_states[dep] for dep in scorer.depends_on}
-                )
+            depends_on = self.scorers[name].depends_on
+            if depends_on:
+                inputs = {dep: new_states[dep] for dep in depends_on}
+                step_scores[name], new_states[name] = self._pair(name, "score", prefix, scorer_states[name], inputs)
             else:
-                step_scores[name], new_states[name] = scorer.score(prefix, scorer_states[name])
+                step_scores[name], new_states[name] = self._pair(name, "score", prefix, scorer_states[name])
+            self._check_scores(name, step_scores[name], total.shape, step)
             total = total + self.weights[name] * step_scores[name].double()
+        if self.full:
+            self._check_finite(total, step_scores, self.full, step)
         total = _constrain(total, step, min_len, max_len, self.eos)
         if not self.partial:
             return step_scores, new_states, total
@@ -231,11 +243,65 @@ class BeamSearch:
         else:
             candidates = torch.arange(self.vocab_size, device=total.device).expand(total.shape[0], -1)
         picked = total.gather(1, candidates)
+        partial_scores = {}
         for name in self.partial:
-            scores, new_states[name] = self.scorers[name].score_partial(prefix, candidates, scorer_states[name])
+            scores, new_states[name] = self._pair(name, "score_partial", prefix, candidates, scorer_states[name])
+            self._check_scores(name, scores, candidates.shape, step)
+            partial_scores[name] = scores
             picked = picked + self.weights[name] * scores.double()
             step_scores[name] = torch.zeros_like(total).scatter(1, candidates, scores.double())
+        self._check_finite(picked, partial_scores, self.partial, step)
         return step_scores, new_states, torch.full_like(total, NEG_INF).scatter(1, candidates, picked)
+
+    def _call(self, name: str, method: str, *args):
+        """``self.scorers[name].method(*args)``; anything but a toolkit error is re-raised naming the scorer."""
+        try:
+            return getattr(self.scorers[name], method)(*args)
+        except AsrS2SError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a plugin's bug, re-raised with its name
+            raise ScorerError(f"{self._who(name)} raised in {method}(): {type(exc).__name__}: {exc}{self._fix(name)}") from exc
+
+    def _pair(self, name: str, method: str, *args) -> tuple[torch.Tensor, object]:
+        """``_call`` for ``score``/``score_partial``, which must return ``(scores, state)``."""
+        out = self._call(name, method, *args)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ScorerError(f"{self._who(name)}: {method}() must return (scores, state), got {type(out).__name__}{self._fix(name)}")
+        return out
+
+    def _who(self, name: str) -> str:
+        origin = self.origins.get(name)
+        return f"scorer {name!r}" + (f" ({origin})" if origin else "")
+
+    def _fix(self, name: str) -> str:
+        return f". Turn it off with --scorer {name}=0 (decode.scorers.{name}: 0), or fix the plugin."
+
+    def _check_scores(self, name: str, scores: object, shape: tuple[int, ...], step: int) -> None:
+        """A scorer's step scores must be a float tensor of ``shape``."""
+        if not isinstance(scores, torch.Tensor):
+            raise ScorerError(f"{self._who(name)} returned {type(scores).__name__} scores at step {step}, "
+                              f"expected a float tensor of shape {tuple(shape)}{self._fix(name)}")
+        if tuple(scores.shape) != tuple(shape) or not scores.is_floating_point():
+            raise ScorerError(
+                f"{self._who(name)} returned scores of shape {tuple(scores.shape)} and dtype {scores.dtype} at step {step}, "
+                f"expected shape {tuple(shape)} (hypotheses x {'candidates' if self.scorers[name].partial else 'vocabulary'}) "
+                f"and a float dtype{self._fix(name)}"
+            )
+
+    def _check_finite(self, total: torch.Tensor, scores: Mapping[str, torch.Tensor], names: list[str], step: int) -> None:
+        """No NaN or ``+inf`` in the weighted ``total``; if there is one, name the scorer that returned it."""
+        if not bool((torch.isnan(total) | torch.isposinf(total)).any()):
+            return
+        for name in names:
+            bad = torch.isnan(scores[name]) | torch.isposinf(scores[name])
+            if bool(bad.any()):
+                count = int(bad.sum())
+                raise ScorerError(
+                    f"{self._who(name)} returned {count} non-finite score(s) (NaN or +inf) at step {step}; "
+                    f"scores must be log-probabilities, -inf to rule a token out{self._fix(name)}"
+                )
+        raise ScorerError(f"the weighted scores hold a NaN at step {step} (scorers {', '.join(names)}): "
+                          f"two scorers gave +inf and -inf to the same token")
 
     def _shares(self, step_scores: dict[str, torch.Tensor], rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Each scorer's unweighted score ``(M, S)`` of appending ``tokens`` ``(M,)`` to ``rows`` ``(M,)``."""
@@ -257,8 +323,8 @@ class BeamSearch:
         rows = source[ends]
         scores = top_scores[ends]
         row_shares = shares[rows] + self._shares(step_scores, rows, torch.full_like(rows, self.eos))
-        for i, (name, scorer) in enumerate(self.scorers.items()):
-            extra = scorer.final_score(new_states[name])
+        for i, name in enumerate(self.scorers):
+            extra = self._call(name, "final_score", new_states[name])
             if extra is not None:
                 extra = extra.double()[rows]
                 scores = scores + self.weights[name] * extra

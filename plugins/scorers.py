@@ -51,6 +51,7 @@ class LengthBonus(Scorer):
     """A constant score of 1 per emitted token; a positive weight counters the bias to short outputs."""
 
     name = "length_bonus"
+    ranks_tokens = False
 
     def __init__(self, vocab_size: int) -> None:
         self.vocab_size = vocab_size
@@ -91,6 +92,7 @@ class CoverageScorer(Scorer):
 
     name = "coverage"
     depends_on = ("decoder",)
+    ranks_tokens = False
 
     def __init__(self, vocab_size: int, threshold: float) -> None:
         if not 0.0 < threshold:
