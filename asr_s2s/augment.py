@@ -382,7 +382,7 @@ def write_augmented(
     from dataclasses import asdict, replace
 
     import soundfile
-    from tqdm import tqdm
+    from asr_s2s.progress import progress_bar
 
     from asr_s2s.audio import SAMPLE_RATE_HZ
     from asr_s2s.files import write_text_atomically
@@ -398,7 +398,7 @@ def write_augmented(
         collate_fn=lambda item: item,
     )
     written, failed, lines = [], [], []
-    for item in tqdm(loader, total=len(utterances), desc=f"augment {out_dir.name}", unit="utt", disable=not progress):
+    for item in progress_bar(loader, total=len(utterances), desc=f"augment {out_dir.name}", unit="utt", disable=not progress):
         utt = utterances[item.index]
         if item.error:
             failed.append((utt.id, item.error))

@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
+from asr_s2s.progress import progress_bar
 
 from asr_s2s.errors import AsrS2SError
 
@@ -171,7 +171,7 @@ def _fetch(url: str, part: Path, name: str, timeout_s: float, progress: bool) ->
             total = int(length) if length is not None else None
         expected = int(length) if length is not None else None
         written = 0
-        with open(part, mode) as handle, tqdm(
+        with open(part, mode) as handle, progress_bar(
             total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
             desc=name, disable=not progress, leave=False,
         ) as bar:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
-from tqdm import tqdm
+from asr_s2s.progress import progress_bar
 
 from asr_s2s.config import load_config
 from asr_s2s.checkpoints import load_training_state, read_checkpoint, write_checkpoint
@@ -208,7 +208,7 @@ class LMTrainer:
         self.lm.train()
         started = time.perf_counter()
         total, count = 0.0, 0
-        bar = tqdm(self._batches(self.train, shuffle=True), total=self.steps_per_epoch, unit="batch",
+        bar = progress_bar(self._batches(self.train, shuffle=True), total=self.steps_per_epoch, unit="batch",
                    desc=f"LM epoch {self.epoch + 1}/{self.config.epochs}", disable=not self.progress, leave=False)
         for inputs, targets in bar:
             loss, tokens = lm_loss(self.lm, inputs, targets)
@@ -222,7 +222,7 @@ class LMTrainer:
             self.scheduler.step()
             self.step += 1
             total, count = total + loss.item(), count + tokens
-            bar.set_postfix(ppl=f"{math.exp(loss.item() / tokens):.2f}")
+            bar.set_postfix(ppl=f"{math.exp(loss.item() / tokens):.2f}", refresh=False)
             if self.step % self.config.log_interval == 0:
                 self._log({"kind": "step", "step": self.step, "loss": loss.item() / tokens, "lr": self.scheduler.get_last_lr()[0]})
         bar.close()

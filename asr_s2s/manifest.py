@@ -9,7 +9,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tqdm import tqdm
+from asr_s2s.progress import progress_bar
 
 from asr_s2s.audio import audio_duration_s
 from asr_s2s.errors import ManifestError
@@ -120,7 +120,7 @@ def read_librispeech_dir(root: str | os.PathLike, progress: bool = True) -> list
             entries.append((utt_id, audio, text, utt_id.split("-")[0]))
     utterances = [
         Utterance(utt_id, str(audio), audio_duration_s(audio), text, speaker)
-        for utt_id, audio, text, speaker in tqdm(entries, desc=f"reading {root.name}", disable=not progress, unit="utt")
+        for utt_id, audio, text, speaker in progress_bar(entries, desc=f"reading {root.name}", disable=not progress, unit="utt")
     ]
     return utterances
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+from asr_s2s.progress import progress_bar
 
 from asr_s2s import distributed
 from asr_s2s.checkpoints import load_training_state, read_checkpoint, write_checkpoint
@@ -369,7 +369,7 @@ class Trainer:
         # a mid-epoch checkpoint resumes after the batches it had done, with the epoch's totals so far
         total_loss, batches, audio_s, skipped, failed, oom = self._resume_totals or (0.0, 0, 0.0, 0, 0, 0)
         done, self._resume_batches, self._resume_totals = self._resume_batches, 0, None
-        bar = tqdm(self._epoch_batches(done), total=len(self.train_loader.batch_sampler), initial=done,
+        bar = progress_bar(self._epoch_batches(done), total=len(self.train_loader.batch_sampler), initial=done,
                    desc=f"epoch {self.epoch + 1}/{self.config.epochs}", unit="batch", disable=not self.progress, leave=False)
         # One optimizer step per ``accum_grad`` batches (the last group of an epoch may be shorter); each
         # batch's loss is divided by its group's size. Under DDP only a group's last batch all-reduces.
@@ -426,7 +426,7 @@ class Trainer:
             self.step += 1
             contributed = 0
             if out is not None:  # None: this rank has had no good batch yet; others have
-                bar.set_postfix(loss=f"{out.loss.item():.3f}", acc=f"{out.accuracy.item():.2f}")
+                bar.set_postfix(loss=f"{out.loss.item():.3f}", acc=f"{out.accuracy.item():.2f}", refresh=False)
                 if self.step % self.config.log_interval == 0:
                     self._log({
                         "kind": "step", "step": self.step, "epoch": self.epoch + 1, "loss": out.loss.item(),
