@@ -14,6 +14,7 @@ _LAZY = {
     "Segment": "asr_s2s.transcriber",
     "Word": "asr_s2s.transcriber",
     "AudioInput": "asr_s2s.transcriber",
+    "FileResult": "asr_s2s.transcriber",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from tqdm import tqdm
+from asr_s2s.progress import progress_bar
 
 from asr_s2s.config import DecodeConfig
 from asr_s2s.dataset import Batch, SpeechDataset, make_loader
@@ -23,6 +23,25 @@ from asr_s2s.plugins import Registry
 from asr_s2s.search import BeamSearch, Hypothesis, SearchOptions, greedy_search
 
 log = logging.getLogger(__name__)
+
+# An output with fewer characters than this per second of audio is far shorter than the speech
+# could hold (read English runs at 12-16 characters a second): it is logged as a warning.
+MIN_CHARS_PER_S = 2.0
+SHORT_OUTPUT_MIN_S = 1.0  # audio shorter than this (seconds) is not checked
+SHORT_OUTPUT_WARNINGS = 10  # per decode_utterances call, then one summary line
+
+
+def output_warning(text: str, seconds: float, ended: bool = True) -> str | None:
+    """Why an output looks cut short, or None: no hypothesis ended, or too few characters for ``seconds`` of audio."""
+    if not ended:
+        return ("the search ended with no finished hypothesis (every <eos> was ruled out by a scorer), "
+                "so the text is empty; check the scorer weights")
+    chars = len(text.replace(" ", ""))
+    if seconds >= SHORT_OUTPUT_MIN_S and chars < MIN_CHARS_PER_S * seconds:
+        return (f"{chars} character(s) for {seconds:.1f} s of audio (fewer than {MIN_CHARS_PER_S:g} a second): "
+                "the search may have ended early; check the scorer weights (a language model, the length bonus) "
+                "or the audio")
+    return None
 
 
 @dataclass(frozen=True)
@@ -115,12 +134,20 @@ class Recognizer:
         dataset = SpeechDataset(utterances, self.model.tokenizer, require_text=False)
         loader = make_loader(dataset, self.decode.batch_seconds, shuffle=False, num_workers=num_workers)
         by_id: dict[str, Recognition] = {}
-        with tqdm(total=len(utterances), desc="decoding", unit="utt", disable=not progress) as bar:
+        with progress_bar(total=len(utterances), desc="decoding", unit="utt", disable=not progress) as bar:
             for batch in loader:
                 for result in self.decode_batch(batch):
                     by_id[result.id] = result
                 bar.update(len(batch) + len(batch.failed))
-        return [by_id[u.id] for u in utterances]
+        results = [by_id[u.id] for u in utterances]
+        short = [(u, why) for u, r in zip(utterances, results) if r.error is None
+                 and (why := output_warning(r.text, u.duration, ended=bool(r.hypotheses))) is not None]
+        for u, why in short[:SHORT_OUTPUT_WARNINGS]:
+            log.warning("%s (%s): %s", u.id, u.audio, why)
+        if len(short) > SHORT_OUTPUT_WARNINGS:
+            log.warning("... and %d more utterance(s) whose output looks cut short (%d of %d in all)",
+                        len(short) - SHORT_OUTPUT_WARNINGS, len(short), len(utterances))
+        return results
 
     def decode_waveforms(self, waveforms: Iterable[tuple[str, np.ndarray]]) -> list[Recognition]:
         """Decode 16 kHz waveforms ``(S,)`` given as ``(id, samples)`` in one batch."""

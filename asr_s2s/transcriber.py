@@ -38,11 +38,11 @@ from torch.nn.utils.rnn import pad_sequence
 from asr_s2s.alignment import align_words
 from asr_s2s.audio import MIN_DURATION_S, SAMPLE_RATE_HZ, load_audio, stream_audio
 from asr_s2s.config import DecodeConfig, check_precision
-from asr_s2s.errors import AsrS2SError, AudioLoadError, ConfigError
+from asr_s2s.errors import AsrS2SError, AudioLoadError, ConfigError, did_you_mean
 from asr_s2s.features import FRAME_SHIFT_MS, fbank
 from asr_s2s.model import ASRModel
 from asr_s2s.plugins import Registry
-from asr_s2s.recognizer import Recognition, Recognizer
+from asr_s2s.recognizer import Recognition, Recognizer, output_warning
 from asr_s2s.search import SearchOptions
 from asr_s2s.vad import MAX_SEGMENT_S, MIN_PAUSE_S, PAD_S, AudioSegment, VadOptions, stream_segments
 
@@ -172,6 +172,29 @@ class TranscribeOptions:
         return VadOptions(max_segment_s=self.max_segment_s, min_pause_s=self.min_pause_s,
                           pad_s=min(PAD_S, self.min_pause_s / 2))
 
+    def with_overrides(self, **changes: Any) -> TranscribeOptions:
+        """These options with each given field that is not None replaced.
+
+        ``scorers`` and ``scorer_params`` are merged into this object's (a weight of 0
+        turns a scorer off); ``hotwords`` may be one phrase or several.
+
+        :raises ConfigError: for an unknown field (naming the closest one) or a bad value.
+        """
+        fields = [f.name for f in dataclasses.fields(self)]
+        for name in changes:
+            if name not in fields:
+                raise ConfigError(f"unknown transcription option {name!r}.{did_you_mean(name, fields)} "
+                                  f"Options: {', '.join(fields)}")
+        changes = {name: value for name, value in changes.items() if value is not None}
+        if "scorers" in changes:
+            changes["scorers"] = {**self.scorers, **changes["scorers"]}
+        if "scorer_params" in changes:
+            merged = {name: dict(p) for name, p in self.scorer_params.items()}
+            for name, extra in changes["scorer_params"].items():
+                merged.setdefault(name, {}).update(extra)
+            changes["scorer_params"] = merged
+        return dataclasses.replace(self, **changes) if changes else self
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["hotwords"] = list(self.hotwords)
@@ -221,12 +244,39 @@ class AudioInput:
         return cls("<bytes>", item) if isinstance(item, bytes) else cls(str(item), item)
 
 
+@dataclass(frozen=True)
+class FileResult:
+    """What :meth:`Transcriber.transcribe_many` gives for one input: its transcription, or why it failed.
+
+    ``source`` is the input exactly as passed (a path, bytes, an :class:`AudioInput`);
+    ``name`` is how messages and outputs call it. Exactly one of ``transcription``
+    and ``error`` is set; check ``ok`` first. ``text`` is the transcription's text,
+    and raises the error for an input that failed.
+    """
+
+    source: Any
+    name: str
+    transcription: Transcription | None = None
+    error: AsrS2SError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def text(self) -> str:
+        if self.error is not None:
+            raise self.error
+        return self.transcription.text
+
+
 # -- the transcriber -----------------------------------------------------------------
 @dataclass
 class _File:
     """Book-keeping for one input while its segments are read and decoded."""
 
     input: AudioInput
+    source: Any  # the input as the caller passed it
     samples: int = 0  # read so far
     count: int = 0  # segments read
     decoded: dict[int, Segment] = field(default_factory=dict)
@@ -299,54 +349,45 @@ class Transcriber:
         :raises AudioLoadError: for unreadable audio. :raises ConfigError: for bad options.
         """
         base = options if options is not None else self.options
-        changes: dict[str, Any] = {
-            name: value for name, value in (
-                ("beam_size", beam_size), ("lm", lm), ("max_length_ratio", max_length_ratio),
-                ("min_length_ratio", min_length_ratio), ("length_normalize", length_normalize),
-                ("end_margin", end_margin), ("pre_beam_ratio", pre_beam_ratio), ("batch_seconds", batch_seconds),
-                ("precision", precision), ("max_segment_s", max_segment_s), ("min_pause_s", min_pause_s),
-                ("word_timestamps", word_timestamps), ("attention", attention),
-            ) if value is not None
-        }
-        if hotwords is not None:
-            changes["hotwords"] = (hotwords,) if isinstance(hotwords, str) else tuple(hotwords)
-        if scorers is not None:
-            changes["scorers"] = {**base.scorers, **scorers}
-        if scorer_params is not None:
-            merged = {name: dict(p) for name, p in base.scorer_params.items()}
-            for name, extra in scorer_params.items():
-                merged.setdefault(name, {}).update(extra)
-            changes["scorer_params"] = merged
-        used = dataclasses.replace(base, **changes)
+        used = base.with_overrides(
+            beam_size=beam_size, scorers=scorers, scorer_params=scorer_params, lm=lm, hotwords=hotwords,
+            max_length_ratio=max_length_ratio, min_length_ratio=min_length_ratio, length_normalize=length_normalize,
+            end_margin=end_margin, pre_beam_ratio=pre_beam_ratio, batch_seconds=batch_seconds, precision=precision,
+            max_segment_s=max_segment_s, min_pause_s=min_pause_s, word_timestamps=word_timestamps, attention=attention,
+        )
         name = str(audio) if isinstance(audio, (str, os.PathLike)) else "<bytes>" if isinstance(audio, bytes) else "<array>"
-        ((_, result),) = list(self.transcribe_many([AudioInput(name, audio, sample_rate)], used))
-        if isinstance(result, AsrS2SError):
-            raise result
-        return result
+        ((result),) = list(self.transcribe_many([AudioInput(name, audio, sample_rate)], used))
+        if result.error is not None:
+            raise result.error
+        return result.transcription
 
     def transcribe_many(
         self,
-        inputs: Iterable[AudioInput | str | os.PathLike],
+        inputs: Iterable[AudioInput | str | os.PathLike | bytes],
         options: TranscribeOptions | None = None,
         progress: Callable[[float], None] | None = None,
-    ) -> Iterator[tuple[AudioInput, Transcription | AsrS2SError]]:
+        **overrides: Any,
+    ) -> Iterator[FileResult]:
         """Transcribe many recordings, decoding segments of several files together; results in input order.
 
-        An input that cannot be read comes back with its error instead of a
-        transcription, and the others go on. ``progress`` is called with the
-        seconds of audio finished since its last call.
+        Each input gives one :class:`FileResult`: its ``source`` is the input as
+        passed, and either ``transcription`` is set (``ok``) or ``error`` says why
+        the input could not be read; the other inputs go on. ``progress`` is called
+        with the seconds of audio finished since its last call. ``overrides`` are the
+        keywords of :meth:`transcribe` (``beam_size=1``, ``scorers={...}``, ...).
 
         :raises ConfigError: for bad options (before any input is read).
         """
-        options = options if options is not None else self.options
+        options = (options if options is not None else self.options).with_overrides(**overrides)
         recognizer = self._recognizer(options)
         want_words = self._want_words(options)
         vad = options.vad_options()
         limit = max(1, int(options.batch_seconds * SAMPLE_RATE_HZ))
         files: deque[_File] = deque()
         batch: list[_Piece] = []
-        for item in map(AudioInput.of, inputs):
-            file = _File(item)
+        for source in inputs:
+            item = AudioInput.of(source)
+            file = _File(item, source)
             files.append(file)
             try:
                 for segment in stream_segments(self._blocks(file), vad):
@@ -431,6 +472,9 @@ class Transcriber:
         attention = None
         if keep_attention:
             attention = result.attention if result.attention is not None else self._attention(states, tokens)
+        why = output_warning(tok.decode(tokens), end - start, ended=hyp is not None)
+        if why is not None:
+            log.warning("%s: segment %.2f-%.2f s: %s", piece.file.input.name, start, end, why)
         return Segment(
             piece.index, start, end, " ".join(tok.decode(tokens).split()), float(hyp.score) if hyp else 0.0,
             dict(hyp.scores) if hyp else {}, words, attention,
@@ -455,13 +499,14 @@ class Transcriber:
         while files and files[0].complete:
             file = files.popleft()
             if file.error is not None:
-                yield file.input, file.error
+                yield FileResult(file.source, file.input.name, error=file.error)
                 continue
             segments = tuple(file.decoded[i] for i in range(file.count))
             text = " ".join(s.text for s in segments if s.text)
-            yield file.input, Transcription(
+            transcription = Transcription(
                 file.input.name, text, segments, file.samples / SAMPLE_RATE_HZ, self.model_id, options,
             )
+            yield FileResult(file.source, file.input.name, transcription=transcription)
 
 
 def _array_to_mono16k(samples: np.ndarray | torch.Tensor, sample_rate: int | None, name: str) -> np.ndarray:

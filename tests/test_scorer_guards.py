@@ -61,9 +61,28 @@ class Raises(_Stateless):
         raise IndexError("index 7 is out of bounds")
 
 
+class EndsAtOnce(_Stateless):
+    """Rules out every token but <eos>: every hypothesis ends at the first step."""
+
+    name = "ends_at_once"
+
+    def __init__(self, vocab_size, eos):
+        super().__init__(vocab_size)
+        self.eos = eos
+
+    @classmethod
+    def from_model(cls, model):
+        return cls(model.vocab_size, model.tokenizer.eos_id)
+
+    def score(self, prefix, state):
+        scores = torch.full((prefix.shape[0], self.vocab_size), float("-inf"))
+        scores[:, self.eos] = 0.0
+        return scores, state
+
+
 @hookimpl
 def asr_s2s_register_scorers():
-    return [NanAtStepTwo, OneTooFew, Raises]
+    return [NanAtStepTwo, OneTooFew, Raises, EndsAtOnce]
 '''
 
 
@@ -106,3 +125,16 @@ def test_ctc_only_transcription_from_the_command_line(robust_package, fixture_ut
     weights = {"decoder": 0.0, "coverage": 0.0, "ctc": 1.0, "length_bonus": 0.5}
     result = transcriber.transcribe(fixture_utterances[0].audio, beam_size=4, scorers=weights)
     assert len(result.text) > 5 and set(result.segments[0].scores) == {"ctc", "length_bonus"}
+
+
+def test_an_output_that_ends_at_once_is_a_warning_naming_the_file(broken_registry, robust_package, fixture_utterances, caplog):
+    transcriber = load_model(robust_package, registry=broken_registry)
+    audio = fixture_utterances[0].audio
+    with caplog.at_level("WARNING", logger="asr_s2s"):
+        result = transcriber.transcribe(audio, beam_size=2, scorers={"ends_at_once": 100.0})
+    assert result.text == ""
+    assert any(str(audio) in r.getMessage() and "0 character(s) for" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="asr_s2s"):
+        assert transcriber.transcribe(audio, beam_size=2).text
+    assert not caplog.records, "a normal output is not flagged"

@@ -146,14 +146,29 @@ def test_many_files_decode_together_like_one_at_a_time(transcriber, fixture_utte
     progress = []
     together = list(transcriber.transcribe_many([paths[0], bad, AudioInput("second", paths[1]), paths[2]],
                                                 options, progress=progress.append))
-    assert [i.name for i, _ in together] == [str(paths[0]), str(bad), "second", str(paths[2])]
-    assert isinstance(together[1][1], AudioLoadError) and "bad.wav" in str(together[1][1])
-    for one, (_, many) in zip(alone, [together[0], together[2], together[3]]):
-        _assert_same_segments(many.segments, one.segments)
+    assert [r.name for r in together] == [str(paths[0]), str(bad), "second", str(paths[2])]
+    assert [r.ok for r in together] == [True, False, True, True]
+    assert together[0].source is paths[0] and together[2].source.name == "second", "each source as passed"
+    assert isinstance(together[1].error, AudioLoadError) and "bad.wav" in str(together[1].error)
+    assert together[1].transcription is None
+    with pytest.raises(AudioLoadError, match="bad.wav"):
+        together[1].text  # noqa: B018 - a failed input's text is its error, never a silent ""
+    for one, many in zip(alone, [together[0], together[2], together[3]]):
+        assert many.text == one.text
+        _assert_same_segments(many.transcription.segments, one.segments)
     assert sum(progress) == pytest.approx(9.0 + 4.0 + 15.0, abs=0.01)
     small = dataclasses.replace(options, batch_seconds=3.0)  # one segment per batch
-    for one, (_, many) in zip(alone, transcriber.transcribe_many(paths, small)):
-        _assert_same_segments(many.segments, one.segments)
+    for one, many in zip(alone, transcriber.transcribe_many(paths, small)):
+        _assert_same_segments(many.transcription.segments, one.segments)
+
+
+def test_transcribe_many_takes_the_keywords_of_transcribe(transcriber, fixture_utterances):
+    path = fixture_utterances[0].audio
+    (many,) = transcriber.transcribe_many([path], beam_size=1, scorers={"length_bonus": 0.0})
+    assert many.ok and many.transcription.options.beam_size == 1
+    assert many.transcription.options == transcriber.transcribe(path, beam_size=1, scorers={"length_bonus": 0.0}).options
+    with pytest.raises(ConfigError, match="unknown transcription option 'beam'. Did you mean 'beam_size'"):
+        list(transcriber.transcribe_many([path], beam=1))
 
 
 # -- options and the API ---------------------------------------------------------------------
