@@ -14,12 +14,13 @@ import sys
 from pathlib import Path
 
 from asr_s2s import __version__
-from asr_s2s.errors import AsrS2SError, ConfigError
+from asr_s2s.errors import AsrS2SError, ConfigError, did_you_mean
 from asr_s2s.files import write_text_atomically
 
 log = logging.getLogger("asr_s2s")
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + 13  # as a process killed by SIGPIPE reports it to the shell
 
 
 def _registry(args):
@@ -57,21 +58,43 @@ def _parse_scorer_params(values: list[str]) -> dict[str, dict]:
     return params
 
 
-def _scorer_overrides(args, base) -> tuple[dict[str, float], dict[str, dict]]:
-    """``base``'s scorer weights and params with ``--scorer`` and ``--scorer-param`` applied."""
-    scorers = {**base.scorers, **_parse_scorer_weights(args.scorer)}
+def _scorer_overrides(args, base, registry) -> tuple[dict[str, float], dict[str, dict]]:
+    """``base``'s scorer weights and params with ``--scorer`` and ``--scorer-param`` applied.
+
+    Names and keys given on the command line are checked here, so that a typo is
+    reported as the flag the user typed rather than as a config path.
+    """
+    from asr_s2s.plugins import accepted_params
+
+    weights = _parse_scorer_weights(args.scorer)
+    for name in weights:
+        try:
+            registry.get("scorer", name)
+        except AsrS2SError as exc:
+            raise ConfigError(f"--scorer {name}={weights[name]:g}: {exc}") from None
+    scorers = {**base.scorers, **weights}
     params = {name: dict(p) for name, p in base.scorer_params.items()}
     for name, extra in _parse_scorer_params(args.scorer_param).items():
+        try:
+            accepted = accepted_params(registry.factory("scorer", name), injected={"model"})
+        except AsrS2SError as exc:
+            raise ConfigError(f"--scorer-param {name}.{next(iter(extra))}: {exc}") from None
+        for key, value in extra.items():
+            if key not in accepted:
+                raise ConfigError(
+                    f"--scorer-param {name}.{key}={value}: scorer {name!r} has no param {key!r}."
+                    f"{did_you_mean(key, accepted)} Its params: {', '.join(accepted) or '(none)'}"
+                )
         params.setdefault(name, {}).update(extra)
     return scorers, params
 
 
-def _decode_config(args, base):
+def _decode_config(args, base, registry):
     """The model's decode config with the command line's overrides."""
     changes = {}
     if args.beam_size is not None:
         changes["beam_size"] = args.beam_size
-    scorers, params = _scorer_overrides(args, base)
+    scorers, params = _scorer_overrides(args, base, registry)
     if args.lm:
         params.setdefault("lm", {})["path"] = args.lm
     if args.hotword:
@@ -112,7 +135,7 @@ def cmd_prepare(args) -> int:
 
 def cmd_compute_cmvn(args) -> int:
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
+    from asr_s2s.progress import progress_bar
 
     from asr_s2s.dataset import SpeechDataset
     from asr_s2s.features import CMVNStats
@@ -122,7 +145,7 @@ def cmd_compute_cmvn(args) -> int:
     dataset = SpeechDataset(read_manifest(args.manifest, require_text=False), CharTokenizer(), require_text=False)
     loader = DataLoader(dataset, batch_size=None, num_workers=args.num_workers)
     feats, failed = [], 0
-    for item in tqdm(loader, desc="CMVN", unit="utt", disable=args.quiet):
+    for item in progress_bar(loader, desc="CMVN", unit="utt", disable=args.quiet):
         if isinstance(item, (tuple, list)):  # (id, reason) of an unreadable file
             log.warning("skipping %s: %s", item[0], item[1])
             failed += 1
@@ -282,7 +305,7 @@ def _load(args):
     _set_threads(args)
     registry = _registry(args)
     model, config = load_package(args.model, registry)
-    return Recognizer(model, _decode_config(args, config.decode), registry, device=args.device)
+    return Recognizer(model, _decode_config(args, config.decode, registry), registry, device=args.device)
 
 
 def _decode_shared(recognizer, utterances, args, dist_info):
@@ -309,6 +332,7 @@ def cmd_evaluate(args) -> int:
     from asr_s2s.metrics import alignment_text, error_rates, format_table
     from asr_s2s.tokenizer import normalize_text
 
+    _check_output_dir(args.output_dir, "--output-dir")
     dist_info = distributed.init_from_env(args.device)  # under torchrun: each rank decodes a share
     args.device = dist_info.device
     recognizer = _load(args)
@@ -410,9 +434,9 @@ def _literal_depth(path: Path) -> int:
     return depth
 
 
-def _transcribe_options(args, base):
+def _transcribe_options(args, base, registry):
     """The model's transcription options with the command line's overrides."""
-    changes = dict(zip(("scorers", "scorer_params"), _scorer_overrides(args, base)))
+    changes = dict(zip(("scorers", "scorer_params"), _scorer_overrides(args, base, registry)))
     for name, flag, value in (("lm", "--lm", args.lm), ("hotwords", "--hotword", args.hotword)):
         if value and name not in changes["scorers"]:  # --scorer lm=0 turns it off, as in evaluate
             raise ConfigError(f"{flag} needs a weight for the {name!r} scorer: add --scorer {name}=WEIGHT")
@@ -447,6 +471,13 @@ def _known_duration_s(jobs: list[_Job]) -> float | None:
     return total
 
 
+def _check_output_dir(value: str | None, flag: str) -> None:
+    """Refuse, before any work, an output folder path that names an existing file."""
+    if value is not None and Path(value).exists() and not Path(value).is_dir():
+        raise ConfigError(f"{flag} {value}: that is an existing file, not a folder. "
+                          "Give a folder path (it is created when missing).")
+
+
 def _plot_segments(result, plot_dir: Path, out_name: str) -> None:
     from asr_s2s.plotting import plot_attention
 
@@ -460,16 +491,18 @@ def _plot_segments(result, plot_dir: Path, out_name: str) -> None:
 
 
 def cmd_transcribe(args) -> int:
-    from tqdm import tqdm
+    from asr_s2s.progress import progress_bar
 
     from asr_s2s.formats import format_transcription, to_json
     from asr_s2s.transcriber import AudioInput, load_model
 
     if args.skip_existing and not args.output_dir:
         raise ConfigError("--skip-existing needs --output-dir (it skips inputs whose output file exists)")
+    _check_output_dir(args.output_dir, "--output-dir")
+    _check_output_dir(args.plot_attention, "--plot-attention")
     _set_threads(args)
     transcriber = load_model(args.model, device=args.device, disable_plugins=args.disable_plugin)
-    options = _transcribe_options(args, transcriber.options)
+    options = _transcribe_options(args, transcriber.options, transcriber.registry)
     jobs, problems = _expand_inputs(args.inputs)
     for problem in problems:
         log.error("%s", problem)
@@ -488,15 +521,21 @@ def cmd_transcribe(args) -> int:
             if len(todo) < len(jobs):
                 log.info("skipping %d input(s) whose output exists in %s", len(jobs) - len(todo), out_dir)
             jobs = todo
+    if out_dir is None and args.format in ("srt", "vtt", "tsv") and len(jobs) > 1:
+        raise ConfigError(
+            f"--format {args.format} writes one document per input, and {len(jobs)} inputs printed back to back "
+            f"could not be told apart: give --output-dir DIR (one DIR/NAME.{args.format} each), or use --format json"
+        )
     failed = len(problems)
     inputs = [AudioInput(job.name, job.source) for job in jobs]
     total_s = None if args.quiet else _known_duration_s(jobs)
     of_total = "?" if total_s is None else "{total:.0f}"
-    with tqdm(total=total_s, unit="s", desc="transcribing", disable=args.quiet,
+    with progress_bar(total=total_s, unit="s", desc="transcribing", disable=args.quiet,
               bar_format="{l_bar}{bar}| {n:.0f}/" + of_total + " audio s [{elapsed}<{remaining}]") as bar:
         results = transcriber.transcribe_many(inputs, options, progress=bar.update)
-        for job, (_, result) in zip(jobs, results):
-            if not isinstance(result, AsrS2SError):
+        for job, outcome in zip(jobs, results):
+            result = outcome.transcription
+            if outcome.ok:
                 if out_dir is not None:
                     write_text_atomically(out_dir / f"{job.out_name}.{args.format}", format_transcription(result, args.format))
                 elif args.format == "txt":
@@ -509,7 +548,7 @@ def cmd_transcribe(args) -> int:
                     _plot_segments(result, Path(args.plot_attention), job.out_name)
             else:
                 failed += 1
-                log.error("%s", result)
+                log.error("%s", outcome.error)
             sys.stdout.flush()
     if failed:
         log.error("%d of %d input(s) failed", failed, len(jobs) + len(problems))
@@ -572,18 +611,86 @@ def cmd_average(args) -> int:
 
 
 # -- parser ---------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+def _add_global_flags(parser: argparse.ArgumentParser, prefix: str, default: object = None) -> None:
+    """``--disable-plugin``, ``-q`` and ``-v``, stored as ``PREFIX + name``."""
+    parser.add_argument("--disable-plugin", action="append", dest=f"{prefix}disable_plugin", metavar="NAME",
+                        default=[] if default is None else default,
+                        help="do not load the plugin entry point NAME (repeatable)")
+    parser.add_argument("-q", "--quiet", action="store_true", dest=f"{prefix}quiet",
+                        default=False if default is None else default, help="no progress bars or info logs")
+    parser.add_argument("-v", "--verbose", action="store_true", dest=f"{prefix}verbose",
+                        default=False if default is None else default, help="debug logs")
+
+
+def _merge_global_flags(args: argparse.Namespace) -> None:
+    """Combine the flags given before the command with those given after it."""
+    args.disable_plugin = [*args.global_disable_plugin, *getattr(args, "disable_plugin", [])]
+    args.quiet = args.global_quiet or getattr(args, "quiet", False)
+    args.verbose = args.global_verbose or getattr(args, "verbose", False)
+
+
+def check_device(name: str) -> None:
+    """Refuse a torch device this machine cannot use, saying why, before any work starts."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device {name}: not a torch device ({exc}); use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ConfigError(
+                f"--device {name}: no CUDA GPU is visible (torch {torch.__version__}, {built}). "
+                "Use --device cpu, or check nvidia-smi and CUDA_VISIBLE_DEVICES."
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) are visible (cuda:0 .. "
+                              f"cuda:{torch.cuda.device_count() - 1})")
+    elif device.type != "cpu":
+        raise ConfigError(f"--device {name}: only cpu and cuda devices are supported")
+
+
+def _decode_defaults(model_decode: dict | None) -> tuple[dict, str]:
+    """The decode defaults ``--help`` shows, and where they come from."""
+    from asr_s2s.config import DecodeConfig
+
+    built_in = {f.name: getattr(DecodeConfig(), f.name) for f in dataclasses.fields(DecodeConfig)}
+    if model_decode:
+        return {**built_in, **model_decode}, "from --model's config.yaml"
+    return built_in, "built in; a model package's decode section overrides it (give --model to see its values)"
+
+
+def _model_decode_for_help(argv: list[str]) -> dict | None:
+    """With ``--help`` and ``--model DIR`` on the command line, DIR's decode section, so help shows its defaults."""
+    if not ({"-h", "--help"} & set(argv)):
+        return None
+    path = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--model"), None)
+    path = path or next((a.split("=", 1)[1] for a in argv if a.startswith("--model=")), None)
+    if path is None:
+        return None
+    try:
+        import yaml
+
+        decode = yaml.safe_load((Path(path) / "config.yaml").read_text()).get("decode")
+    except Exception:  # noqa: BLE001 - help must print even for a bad path; the command itself reports it
+        return None
+    return decode if isinstance(decode, dict) else None
+
+
+def build_parser(model_decode: dict | None = None) -> argparse.ArgumentParser:
+    """The argument parser; ``model_decode`` (a package's decode section) sets the defaults ``--help`` shows."""
     parser = argparse.ArgumentParser(
         prog="asr-s2s",
         description="Listen, Attend and Spell speech recognition with plugin encoders, decoders and scorers.",
         epilog="Exit codes: 0 success; 1 some inputs failed; 2 bad usage or input.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    # -q, -v and --disable-plugin go before or after the command: the command's copies default to
+    # SUPPRESS so that they only override the global ones when given; main() merges the plugin lists
+    _add_global_flags(parser, "global_")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--disable-plugin", action="append", default=[], metavar="NAME",
-                        help="do not load the plugin entry point NAME (repeatable)")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
-    common.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    _add_global_flags(common, "", default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("plugins", parents=[common], help="list every registered component",
@@ -652,8 +759,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "DistributedDataParallel (NCCL on CUDA, gloo on the CPU): each rank takes its own "
                                    "share of the batches, and rank 0 alone writes checkpoints, logs and the package.")
     p.add_argument("--config", required=True, help="experiment YAML (model, train, decode sections)")
-    p.add_argument("--train-manifest", required=True)
-    p.add_argument("--valid-manifest", required=True)
+    p.add_argument("--train-manifest", required=True, metavar="JSONL",
+                   help="JSON-lines manifest of the training utterances (from 'asr-s2s prepare')")
+    p.add_argument("--valid-manifest", required=True, metavar="JSONL",
+                   help="JSON-lines manifest validated on after each epoch (loss, greedy CER)")
     p.add_argument("--cmvn", required=True, help="CMVN JSON from compute-cmvn")
     p.add_argument("--exp-dir", required=True, help="output folder: checkpoints, logs, plots, model/")
     p.add_argument("--resume", action="store_true",
@@ -697,16 +806,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_average)
 
     decode = argparse.ArgumentParser(add_help=False)
+    shown, source = _decode_defaults(model_decode)
     decode.add_argument("--model", required=True, help="model package directory (EXP_DIR/model)")
-    decode.add_argument("--beam-size", type=int, help="beam size; 1 with the decoder alone is greedy (default: the model's)")
+    decode.add_argument("--beam-size", type=int, metavar="K",
+                        help=f"beam size; 1 with the decoder alone is greedy (default: {shown['beam_size']}, {source})")
+    weights = ", ".join(f"{n}={w:g}" for n, w in shown["scorers"].items())
     decode.add_argument("--scorer", action="append", metavar="NAME=WEIGHT",
-                        help="scorer weight, e.g. length_bonus=0.5 (repeatable; 0 turns one off)")
+                        help=f"scorer weight, e.g. length_bonus=0.5 (repeatable; 0 turns one off; default: {weights}, "
+                             f"{source})")
     decode.add_argument("--scorer-param", action="append", metavar="NAME.KEY=VALUE",
                         help="a scorer's param, e.g. ngram.path=lm.arpa (repeatable; VALUE is read as YAML)")
     decode.add_argument("--lm", metavar="DIR", help="language model package for the 'lm' scorer (give --scorer lm=WEIGHT)")
     decode.add_argument("--hotword", action="append", metavar="PHRASE",
                         help="phrase to boost with the 'hotwords' scorer (repeatable; give --scorer hotwords=WEIGHT)")
-    decode.add_argument("--batch-seconds", type=float, help="padded audio seconds decoded together")
+    decode.add_argument("--batch-seconds", type=float, metavar="S",
+                        help=f"padded audio seconds decoded together (default: {shown['batch_seconds']:g}, {source})")
     decode.add_argument("--precision", choices=["fp32", "bf16"],
                         help="bf16: run the encoder under bf16 autocast, about 2x faster encoding on CPUs with AMX "
                              "(slower on CPUs without bf16 units, little gain on GPUs); the search stays fp32 "
@@ -725,7 +839,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--manifest", help="JSON-lines manifest with reference text")
     src.add_argument("--data-dir", help="LibriSpeech-layout folder, e.g. LibriSpeech/test-clean")
     p.add_argument("--json", action="store_true", help="print one JSON object (wer, cer in percent, counts)")
-    p.add_argument("--output-dir", help="where hyp.trn, alignments.txt and results.json go (default: ./decode_SET)")
+    p.add_argument("--output-dir", help="where hyp.trn, alignments.txt and results.json go (default: ./decode_SET, SET being the "
+                        "manifest's file name without .jsonl, or the --data-dir folder's name)")
     p.add_argument("--num-workers", type=int, default=1, help="DataLoader workers (default: 1)")
     p.set_defaults(func=cmd_evaluate)
 
@@ -741,9 +856,10 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Output: 'PATH<TAB>TEXT' per input on stdout; --format json prints one JSON object per line\n"
-            "(segments, words, scores, model id, options); srt, vtt and tsv print one document per input.\n"
-            "With --output-dir, each input gets DIR/NAME.FORMAT instead (inputs found in a directory keep\n"
-            "their sub-folders). Bad inputs are reported on stderr and skipped.\n"
+            "(segments, words, scores, model id, options); srt, vtt and tsv print the document of a single\n"
+            "input (several need --output-dir). With --output-dir, each input gets DIR/NAME.FORMAT instead\n"
+            "(inputs found in a directory keep their sub-folders; stdin is written as DIR/stdin.FORMAT).\n"
+            "Bad inputs are reported on stderr and skipped.\n"
             "Exit codes: 0 all transcribed; 1 some inputs failed; 2 bad usage, options or model."
         ),
     )
@@ -758,13 +874,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush cannot raise again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (stdout replaced in-process)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_model_decode_for_help(argv))
     args = parser.parse_args(argv)
+    _merge_global_flags(args)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        return args.func(args)
+        if getattr(args, "device", None):
+            check_device(args.device)
+        with logging_redirect_tqdm():  # log lines go above a live progress bar, never glued onto it
+            return args.func(args)
+    except BrokenPipeError:  # stdout closed early (| head): stop quietly, as Unix tools do
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except AsrS2SError as exc:
         print(f"asr-s2s {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

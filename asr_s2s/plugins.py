@@ -54,6 +54,7 @@ class PluginManager(pluggy.PluginManager):
     def __init__(self) -> None:
         super().__init__(hookspecs.PROJECT_NAME)
         self.distributions: dict[str, str] = {}
+        self.blocked_by: dict[str, str] = {}  # blocked entry-point name -> the setting that blocked it
 
     def distribution_of(self, plugin: object) -> str:
         """'name version' of the plugin's distribution, or a note that it was registered in code."""
@@ -75,7 +76,12 @@ def get_plugin_manager(
     """
     pm = PluginManager()
     pm.add_hookspecs(hookspecs)
-    blocked = set(disable) | _blocked_from_env()
+    from_env = _blocked_from_env()
+    for name in from_env:
+        pm.blocked_by[name] = f"{DISABLE_PLUGINS_ENV}={os.environ.get(DISABLE_PLUGINS_ENV, '')}"
+    for name in disable:
+        pm.blocked_by[name] = f"--disable-plugin {name}"
+    blocked = set(pm.blocked_by)
     for name in blocked:
         pm.set_blocked(name)
     if autoload is None:
@@ -178,15 +184,30 @@ class Registry:
             return self._components[kind][name]
         except KeyError:
             known = self.names(kind)
+            blocked = getattr(self.pm, "blocked_by", {})
+            if name in blocked:
+                raise PluginError(
+                    f"the {kind} {name!r} is not available: its plugin {name!r} is disabled by {blocked[name]}. "
+                    f"Drop that setting to use it."
+                ) from None
+            note = ""
+            if blocked:
+                note = (" Disabled plugins, which may provide it: "
+                        + ", ".join(f"{b!r} (by {how})" for b, how in sorted(blocked.items())) + ".")
             raise PluginError(
                 f"unknown {kind} {name!r}.{did_you_mean(name, known)} "
-                f"Known {kind}s: {', '.join(known) or '(none)'}. Run `asr-s2s plugins` to list them."
+                f"Known {kind}s: {', '.join(known) or '(none)'}.{note} Run `asr-s2s plugins` to list them."
             ) from None
 
     def origin(self, kind: Kind, name: str) -> str:
         """Where a component comes from, for messages: ``plugin 'x' from dist 1.0``."""
         info = self.get(kind, name)
         return f"plugin {info.plugin!r}, {info.distribution}"
+
+    def factory(self, kind: Kind, name: str) -> Any:
+        """What builds a component: its class, or for scorers its ``from_model`` classmethod."""
+        cls = self.get(kind, name).cls
+        return getattr(cls, _FACTORY_OF_KIND[kind]) if kind in _FACTORY_OF_KIND else cls
 
     def build(self, kind: Kind, config: Mapping[str, Any], where: str, **injected: Any) -> Any:
         """Build a component from ``{"name": ..., **params}``.
@@ -203,19 +224,24 @@ class Registry:
         except PluginError as exc:
             raise PluginError(f"{where}: {exc}") from None
         params = {k: v for k, v in config.items() if k != "name"}
-        factory = getattr(info.cls, _FACTORY_OF_KIND[kind]) if kind in _FACTORY_OF_KIND else info.cls
+        factory = self.factory(kind, info.name)
         check_params(factory, params, where=f"{where} ({kind} {info.name!r})", injected=set(injected))
         return factory(**injected, **params)
+
+
+def accepted_params(factory: Any, injected: set[str] = frozenset()) -> list[str]:
+    """The config keys ``factory`` takes: its keyword parameters, less those the toolkit supplies."""
+    return [
+        p.name
+        for p in inspect.signature(factory).parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in injected and p.name != "self"
+    ]
 
 
 def check_params(factory: Any, params: Mapping[str, Any], where: str, injected: set[str] = frozenset()) -> None:
     """Check ``params`` against ``factory``'s signature; a stray key is an error naming it."""
     signature = inspect.signature(factory)
-    accepted = [
-        p.name
-        for p in signature.parameters.values()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in injected and p.name != "self"
-    ]
+    accepted = accepted_params(factory, injected)
     for key in params:
         if key in injected:
             raise ConfigKeyError(f"{where}: key {key!r} is set by the toolkit and cannot be configured")

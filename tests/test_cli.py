@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile
 import yaml
+import torch
 
 from asr_s2s.cli import build_parser
 from asr_s2s.features import CMVNStats
@@ -611,3 +612,82 @@ def test_tokens_writes_the_token_list_of_training_manifests(run_cli, tmp_path, f
     code, out, err = run_cli("tokens", "--manifest", manifest, other, "--out", tmp_path / "more.txt")
     assert code == 0 and "become tokens too: '0' '1'" in err
     assert CharTokenizer.load(tmp_path / "more.txt").tokens == CharTokenizer().tokens + ["0", "1"]
+
+
+# -- first-hour rough edges: each a message that names the fix ----------------------------------------------
+@pytest.mark.parametrize("args, message", [
+    (["--scorer-param", "ngram.pth=lm.arpa", "--scorer", "ngram=0.5"],
+     "--scorer-param ngram.pth=lm.arpa: scorer 'ngram' has no param 'pth'. Did you mean 'path'?"),
+    (["--scorer", "ngarm=0.5"], "--scorer ngarm=0.5: unknown scorer 'ngarm'. Did you mean 'ngram'?"),
+    (["--device", "cuda:7"], "--device cuda:7: "),
+    (["--device", "tpu"], "--device tpu: "),
+])
+def test_command_line_mistakes_are_reported_as_the_flag_typed(run_cli, robust_package, fixture_utterances, args, message):
+    code, out, err = run_cli("transcribe", "--model", robust_package, fixture_utterances[0].audio, *args, "--quiet")
+    assert code == 2 and out == "" and message in err
+    assert "decode.scorers" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_device_cuda_without_a_gpu_says_so(run_cli, robust_package, fixture_utterances):
+    code, _, err = run_cli("transcribe", "--model", robust_package, fixture_utterances[0].audio, "--device", "cuda")
+    assert code == 2 and "no CUDA GPU is visible" in err and "--device cpu" in err
+
+
+def test_an_output_dir_that_is_a_file(run_cli, robust_package, fixture_utterances, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    for command in (["transcribe", fixture_utterances[0].audio], ["evaluate", "--data-dir", FIXTURE_DIR]):
+        code, _, err = run_cli(*command, "--model", robust_package, "--output-dir", taken, "--quiet")
+        assert code == 2 and f"--output-dir {taken}: that is an existing file, not a folder" in err
+
+
+def test_a_scorer_of_a_disabled_plugin_says_it_was_disabled(run_cli, robust_package, fixture_utterances, monkeypatch):
+    code, _, err = run_cli("transcribe", "--model", robust_package, fixture_utterances[0].audio,
+                           "--disable-plugin", "hotwords", "--scorer", "hotwords=1", "--hotword", "CAT")
+    assert code == 2 and "its plugin 'hotwords' is disabled by --disable-plugin hotwords" in err
+    monkeypatch.setenv("ASR_S2S_DISABLE_PLUGINS", "ctc_prefix")
+    code, _, err = run_cli("transcribe", "--model", robust_package, fixture_utterances[0].audio, "--scorer", "ctc=0.3")
+    assert code == 2 and "Disabled plugins, which may provide it: 'ctc_prefix' (by ASR_S2S_DISABLE_PLUGINS=ctc_prefix)" in err
+
+
+def test_global_flags_go_before_or_after_the_command(run_cli):
+    for argv in (["-q", "plugins", "--json"], ["plugins", "-q", "--json"],
+                 ["--disable-plugin", "ngram", "plugins", "--json", "--disable-plugin", "hotwords"]):
+        code, out, _ = run_cli(*argv)
+        assert code == 0
+    names = {c["name"] for c in json.loads(out)}
+    assert "ngram" not in names and "hotwords" not in names and "decoder" in names
+
+
+def test_several_inputs_as_subtitles_on_stdout_are_refused(run_cli, robust_package, recording_dir):
+    root, _ = recording_dir
+    code, out, err = run_cli("transcribe", "--model", robust_package, root, "--format", "srt", "--quiet")
+    assert code == 2 and out == "" and "give --output-dir DIR" in err
+
+
+def _console_script() -> str:
+    exe = shutil.which("asr-s2s", path=str(Path(sys.executable).parent))
+    assert exe is not None
+    return exe
+
+
+def test_a_closed_stdout_stops_quietly(tmp_path):
+    """`asr-s2s plugins --json | head -c 100`: no 'Broken pipe' error, the exit status of SIGPIPE."""
+    proc = subprocess.run(f"'{_console_script()}' plugins --json | head -c 100 >/dev/null; echo ${{PIPESTATUS[0]}}",
+                          shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)
+    assert "Broken pipe" not in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout.strip() in ("0", "141")  # 0 when the whole listing fit the pipe before head closed it
+
+
+def test_off_a_terminal_progress_is_whole_lines(robust_package, recording_dir):
+    """stderr to a file: no carriage-return frames, and every log line starts on its own line."""
+    root, _ = recording_dir
+    proc = subprocess.run([_console_script(), "transcribe", "--model", str(robust_package), "--beam-size", "1",
+                           str(root / "a.flac"), str(root / "missing.wav")],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 1
+    assert "\r" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert any(line.startswith("transcribing:") for line in lines)
+    assert any(line.startswith("ERROR ") and "missing.wav" in line for line in lines)
