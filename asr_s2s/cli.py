@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -56,6 +57,20 @@ def _parse_scorer_params(values: list[str]) -> dict[str, dict]:
         except yaml.YAMLError:
             params.setdefault(name, {})[param] = value
     return params
+
+
+# search options with a flag of the same name on evaluate and transcribe (--max-length-ratio, ...)
+SEARCH_FLAGS = ("max_length_ratio", "min_length_ratio", "length_normalize", "end_margin", "pre_beam_ratio")
+
+
+def _end_margin(text: str) -> float:
+    """``--end-margin``: a positive number, or inf (also 'none' or 'off') for no end detection."""
+    if text.lower() in ("inf", "none", "off"):
+        return math.inf
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number or inf, got {text!r}") from None
 
 
 def _scorer_overrides(args, base, registry) -> tuple[dict[str, float], dict[str, dict]]:
@@ -107,6 +122,10 @@ def _decode_config(args, base, registry):
         changes["batch_seconds"] = args.batch_seconds
     if args.precision is not None:
         changes["precision"] = args.precision
+    for name in SEARCH_FLAGS:
+        if getattr(args, name) is not None:
+            value = getattr(args, name)
+            changes[name] = None if name == "end_margin" and math.isinf(value) else value
     return dataclasses.replace(base, **changes)
 
 
@@ -450,8 +469,9 @@ def _transcribe_options(args, base, registry):
         changes["batch_seconds"] = args.batch_seconds
     if args.precision is not None:
         changes["precision"] = args.precision
-    if args.max_segment_seconds is not None:
-        changes["max_segment_s"] = args.max_segment_seconds
+    for name in ("max_segment_s", "min_pause_s", "word_timestamps", *SEARCH_FLAGS):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
     changes["attention"] = bool(args.plot_attention)
     return dataclasses.replace(base, **changes)
 
@@ -805,6 +825,8 @@ def build_parser(model_decode: dict | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", help="package to write (default: EXP_DIR/model_avgN_BEST_BY)")
     p.set_defaults(func=cmd_average)
 
+    from asr_s2s.vad import MAX_SEGMENT_S, MIN_PAUSE_S
+
     decode = argparse.ArgumentParser(add_help=False)
     shown, source = _decode_defaults(model_decode)
     decode.add_argument("--model", required=True, help="model package directory (EXP_DIR/model)")
@@ -825,6 +847,18 @@ def build_parser(model_decode: dict | None = None) -> argparse.ArgumentParser:
                         help="bf16: run the encoder under bf16 autocast, about 2x faster encoding on CPUs with AMX "
                              "(slower on CPUs without bf16 units, little gain on GPUs); the search stays fp32 "
                              "(default: the model's, fp32)")
+    decode.add_argument("--max-length-ratio", type=float, metavar="R",
+                        help=f"most output tokens per encoder frame (default: {shown['max_length_ratio']:g}, {source})")
+    decode.add_argument("--min-length-ratio", type=float, metavar="R",
+                        help=f"fewest output tokens per encoder frame (default: {shown['min_length_ratio']:g}, {source})")
+    decode.add_argument("--length-normalize", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"rank finished hypotheses by score per token (default: {shown['length_normalize']}, {source})")
+    decode.add_argument("--end-margin", type=_end_margin, metavar="M",
+                        help="end detection: stop an utterance once its running hypotheses trail its best finished one "
+                             f"by M; 'inf' turns it off (default: {shown['end_margin']}, {source})")
+    decode.add_argument("--pre-beam-ratio", type=float, metavar="R",
+                        help="partial scorers (ctc) score the best ceil(R x beam) tokens "
+                             f"(default: {shown['pre_beam_ratio']:g}, {source})")
     decode.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     decode.add_argument("--threads", type=int,
                         help="torch intra-op threads (default: torch's choice; 1 is fastest when other processes "
@@ -850,7 +884,7 @@ def build_parser(model_decode: dict | None = None) -> argparse.ArgumentParser:
         description=(
             "Transcribe audio files, directories (recursively) and globs: wav, flac, mp3, ogg, and m4a/aac\n"
             "through ffmpeg, at any sample rate and channel count; '-' reads a wav from stdin.\n"
-            "Long files are streamed and split at pauses into segments of at most --max-segment-seconds,\n"
+            "Long files are streamed and split at pauses into segments of at most --max-segment-s,\n"
             "decoded in batches across files, and stitched with their times. Words are timed by CTC forced\n"
             "alignment when the model has a CTC head."
         ),
@@ -867,8 +901,13 @@ def build_parser(model_decode: dict | None = None) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["txt", "json", "srt", "vtt", "tsv"], default="txt", help="output format (default: txt)")
     p.add_argument("--output-dir", metavar="DIR", help="write one file per input, DIR/NAME.FORMAT, instead of printing")
     p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output file exists (with --output-dir)")
-    p.add_argument("--max-segment-seconds", type=float, metavar="S",
-                   help="longest segment the model decodes; longer stretches are cut at pauses (default: 20)")
+    p.add_argument("--max-segment-s", "--max-segment-seconds", dest="max_segment_s", type=float, metavar="S",
+                   help=f"longest segment the model decodes; longer stretches are cut at pauses (default: {MAX_SEGMENT_S:g})")
+    p.add_argument("--min-pause-s", type=float, metavar="S",
+                   help=f"shortest pause that separates segments (default: {MIN_PAUSE_S:g})")
+    p.add_argument("--word-timestamps", action=argparse.BooleanOptionalAction, default=None,
+                   help="time every word by CTC forced alignment (default: when the model has a CTC head; "
+                        "--word-timestamps makes a model without one an error)")
     p.add_argument("--plot-attention", metavar="DIR", help="write a PNG of the attention alignment of each segment to DIR")
     p.set_defaults(func=cmd_transcribe)
     return parser

@@ -8,7 +8,7 @@
     result = transcriber.transcribe("talk.flac", beam_size=10, scorers={"ctc": 0.3})
     print(result.text)
     for segment in result.segments:
-        print(segment.start, segment.end, segment.text, [(w.text, w.start) for w in segment.words])
+        print(segment.start, segment.end, segment.text, [(w.word, w.start) for w in segment.words])
 
 A file is read as a stream (:func:`asr_s2s.audio.stream_audio`) and cut at
 pauses into segments of at most ``max_segment_s`` (:mod:`asr_s2s.vad`).
@@ -55,9 +55,12 @@ RECOGNIZER_CACHE = 4  # recognisers (built scorers) kept for recently used decod
 # -- results ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Word:
-    """A word and its time in seconds from the start of the audio, from CTC forced alignment."""
+    """A word and its time in seconds from the start of the audio, from CTC forced alignment.
 
-    text: str
+    Named as in the JSON output (and Whisper's): ``word``, ``start``, ``end``, ``probability``.
+    """
+
+    word: str
     start: float
     end: float
     probability: float  # mean CTC probability of its aligned frames, in [0, 1]
@@ -80,7 +83,7 @@ class Segment:
         return {
             "id": self.id, "start": round(self.start, 3), "end": round(self.end, 3), "text": self.text,
             "score": self.score, "scores": dict(self.scores),
-            "words": [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3), "probability": round(w.probability, 4)}
+            "words": [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3), "probability": round(w.probability, 4)}
                       for w in self.words],
         }
 

@@ -414,7 +414,7 @@ def test_transcribe_json_lines_stdin_and_globs(run_cli, robust_package, recordin
 def test_transcribe_plots_attention_per_segment(run_cli, robust_package, recording_dir, tmp_path):
     root, _ = recording_dir
     code, out, _ = run_cli("transcribe", "--model", robust_package, root / "a.flac", "--plot-attention", tmp_path / "att",
-                           "--max-segment-seconds", "5", "--quiet")
+                           "--max-segment-s", "5", "--quiet")
     assert code == 0 and out.count("\t") == 1
     pngs = sorted((tmp_path / "att").glob("a.*.png"))
     assert len(pngs) >= 3 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
@@ -691,3 +691,29 @@ def test_off_a_terminal_progress_is_whole_lines(robust_package, recording_dir):
     lines = proc.stderr.splitlines()
     assert any(line.startswith("transcribing:") for line in lines)
     assert any(line.startswith("ERROR ") and "missing.wav" in line for line in lines)
+
+
+def test_every_transcription_option_has_a_flag_of_its_name(run_cli, robust_package, fixture_utterances):
+    """The CLI and the Python API share one vocabulary: option x_y is flag --x-y (the recorded options show it)."""
+    import dataclasses as dc
+
+    from asr_s2s.transcriber import TranscribeOptions
+
+    through_other_flags = {"scorers", "scorer_params", "lm", "hotwords", "attention"}  # --scorer, --hotword, ...
+    parser_flags = set()
+    for action in build_parser()._subparsers._group_actions[0].choices["transcribe"]._actions:  # noqa: SLF001
+        parser_flags.update(action.option_strings)
+    for f in dc.fields(TranscribeOptions):
+        if f.name not in through_other_flags:
+            assert "--" + f.name.replace("_", "-") in parser_flags, f.name
+    code, out, err = run_cli(
+        "transcribe", "--model", robust_package, fixture_utterances[0].audio, "--format", "json", "--quiet",
+        "--beam-size", "3", "--end-margin", "inf", "--pre-beam-ratio", "2", "--min-pause-s", "0.4",
+        "--max-segment-s", "12", "--no-word-timestamps", "--length-normalize", "--max-length-ratio", "0.9",
+    )
+    assert code == 0, err
+    options = json.loads(out)["options"]
+    assert options["end_margin"] is None and options["pre_beam_ratio"] == 2 and options["min_pause_s"] == 0.4
+    assert options["max_segment_s"] == 12 and options["word_timestamps"] is False and options["length_normalize"]
+    assert options["max_length_ratio"] == 0.9 and options["beam_size"] == 3
+    assert json.loads(out)["segments"][0]["words"] == []

@@ -45,7 +45,7 @@ def _assert_same_segments(got, expected):
     assert [(s.id, s.start, s.end, s.text) for s in got] == [(s.id, s.start, s.end, s.text) for s in expected]
     for a, b in zip(got, expected):
         assert a.score == pytest.approx(b.score, abs=1e-4)
-        assert [w.text for w in a.words] == [w.text for w in b.words]
+        assert [w.word for w in a.words] == [w.word for w in b.words]
         assert [t for w in a.words for t in (w.start, w.end)] == pytest.approx([t for w in b.words for t in (w.start, w.end)], abs=1e-6)
 
 
@@ -66,7 +66,7 @@ def test_segment_times_match_the_known_boundaries(two_minutes, long_recording):
 
 def test_word_times_are_inside_their_segment_and_monotonic(two_minutes):
     words = two_minutes.words
-    assert [w.text for w in words] == two_minutes.text.split()
+    assert [w.word for w in words] == two_minutes.text.split()
     for segment in two_minutes.segments:
         assert all(segment.start <= w.start < w.end <= segment.end for w in segment.words), segment
         assert all(0.0 <= w.probability <= 1.0 for w in segment.words)
