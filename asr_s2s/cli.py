@@ -60,7 +60,8 @@ def _parse_scorer_params(values: list[str]) -> dict[str, dict]:
 
 
 # search options with a flag of the same name on evaluate and transcribe (--max-length-ratio, ...)
-SEARCH_FLAGS = ("max_length_ratio", "min_length_ratio", "length_normalize", "end_margin", "pre_beam_ratio")
+SEARCH_FLAGS = ("max_length_ratio", "min_length_ratio", "length_normalize", "end_margin", "pre_beam_ratio",
+                "eos_threshold")
 
 
 def _end_margin(text: str) -> float:
@@ -859,6 +860,10 @@ def build_parser(model_decode: dict | None = None) -> argparse.ArgumentParser:
     decode.add_argument("--pre-beam-ratio", type=float, metavar="R",
                         help="partial scorers (ctc) score the best ceil(R x beam) tokens "
                              f"(default: {shown['pre_beam_ratio']:g}, {source})")
+    decode.add_argument("--eos-threshold", type=float, metavar="G",
+                        help="end a hypothesis only where the decoder's log-probability of <eos> is at least G times "
+                             "its best other token's (1.5 keeps a word LM from cutting outputs short) "
+                             f"(default: {shown['eos_threshold']}, {source}; none: always)")
     decode.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     decode.add_argument("--threads", type=int,
                         help="torch intra-op threads (default: torch's choice; 1 is fastest when other processes "

@@ -95,6 +95,9 @@ class DecodeConfig:
     nbest: int = 1
     end_margin: float | None = 10.0  # stop an utterance when its running hypotheses trail this far; null: never
     pre_beam_ratio: float = 1.5  # partial scorers (ctc) score the best ceil(ratio * beam_size) tokens
+    # <eos> only where the decoder gives it at least this many times its best other token's log-probability
+    # (Kannan et al. 2018; 1.5 keeps a word LM from ending hypotheses early); null: always
+    eos_threshold: float | None = None
     batch_seconds: float = 600.0  # padded audio seconds decoded together
     # "bf16": the encoder runs under bf16 autocast (about 2x faster encoding on CPUs with AMX,
     # slower on CPUs without bf16 units, little gain on GPUs); the search stays fp32. "fp32": exact.

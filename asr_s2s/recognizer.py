@@ -39,8 +39,8 @@ def output_warning(text: str, seconds: float, ended: bool = True) -> str | None:
     chars = len(text.replace(" ", ""))
     if seconds >= SHORT_OUTPUT_MIN_S and chars < MIN_CHARS_PER_S * seconds:
         return (f"{chars} character(s) for {seconds:.1f} s of audio (fewer than {MIN_CHARS_PER_S:g} a second): "
-                "the search may have ended early; check the scorer weights (a language model, the length bonus) "
-                "or the audio")
+                "the search may have ended early: with a language model, set --eos-threshold 1.5 "
+                "(decode.eos_threshold), or check the scorer weights (the length bonus) and the audio")
     return None
 
 
@@ -81,7 +81,7 @@ class Recognizer:
         self.options = SearchOptions(
             beam_size=decode.beam_size, weights=dict(decode.scorers), max_length_ratio=decode.max_length_ratio,
             min_length_ratio=decode.min_length_ratio, length_normalize=decode.length_normalize, nbest=decode.nbest,
-            end_margin=decode.end_margin, pre_beam_ratio=decode.pre_beam_ratio,
+            end_margin=decode.end_margin, pre_beam_ratio=decode.pre_beam_ratio, eos_threshold=decode.eos_threshold,
         )
         active = {n for n, w in decode.scorers.items() if w > 0}
         self.greedy = decode.beam_size == 1 and active == {"decoder"} and decode.min_length_ratio == 0

@@ -18,6 +18,7 @@ from asr_s2s.interfaces import Decoder, Scorer
 
 NEG_INF = float("-inf")
 COMPACT_FRACTION = 0.125  # share of a batch's utterances that must have stopped before their rows are dropped
+EOS_THRESHOLD_SCORER = "decoder"  # the scorer whose own <eos> probability the eos_threshold reads
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class SearchOptions:
     nbest: int = 1
     end_margin: float | None = 10.0  # end detection; None runs until K hypotheses end
     pre_beam_ratio: float = 1.5  # partial scorers see the best ceil(ratio * K) tokens per hypothesis
+    # <eos> is a candidate only where the decoder's log-probability of it is at least this many times
+    # its best other token's (Kannan et al. 2018: external LMs otherwise end hypotheses early); None: always
+    eos_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
@@ -49,6 +53,8 @@ class SearchOptions:
             raise ConfigError(f"nbest must be between 1 and the beam size ({self.beam_size}), got {self.nbest}")
         if self.end_margin is not None and self.end_margin <= 0:
             raise ConfigError(f"end_margin must be positive (or None), got {self.end_margin}")
+        if self.eos_threshold is not None and not (math.isfinite(self.eos_threshold) and self.eos_threshold >= 1):
+            raise ConfigError(f"eos_threshold must be a number of at least 1 (or None), got {self.eos_threshold}")
         if self.pre_beam_ratio < 1:
             raise ConfigError(f"pre_beam_ratio must be at least 1, got {self.pre_beam_ratio}")
         if self.max_length_ratio <= 0 or self.min_length_ratio < 0:
@@ -235,6 +241,8 @@ class BeamSearch:
             total = total + self.weights[name] * step_scores[name].double()
         if self.full:
             self._check_finite(total, step_scores, self.full, step)
+        if self.options.eos_threshold is not None and EOS_THRESHOLD_SCORER in step_scores:
+            total = self._threshold_eos(total, step_scores[EOS_THRESHOLD_SCORER], step, max_len)
         total = _constrain(total, step, min_len, max_len, self.eos)
         if not self.partial:
             return step_scores, new_states, total
@@ -252,6 +260,19 @@ class BeamSearch:
             step_scores[name] = torch.zeros_like(total).scatter(1, candidates, scores.double())
         self._check_finite(picked, partial_scores, self.partial, step)
         return step_scores, new_states, torch.full_like(total, NEG_INF).scatter(1, candidates, picked)
+
+    def _threshold_eos(self, total: torch.Tensor, reference: torch.Tensor, step: int, max_len: torch.Tensor) -> torch.Tensor:
+        """Rule ``<eos>`` out of ``total`` ``(N, V)`` where ``reference`` ``(N, V)`` (the decoder's log-probabilities)
+        gives it less than ``eos_threshold`` times its best other token; never at the length limit."""
+        reference = reference.double()
+        eos = reference[:, self.eos]
+        best_other = reference.index_fill(1, torch.tensor([self.eos], device=reference.device), NEG_INF).max(1).values
+        blocked = (eos < self.options.eos_threshold * best_other) & (step < max_len)
+        if not bool(blocked.any()):
+            return total
+        total = total.clone()
+        total[:, self.eos] = total[:, self.eos].masked_fill(blocked, NEG_INF)
+        return total
 
     def _call(self, name: str, method: str, *args):
         """``self.scorers[name].method(*args)``; anything but a toolkit error is re-raised naming the scorer."""

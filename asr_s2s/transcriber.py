@@ -116,6 +116,7 @@ class TranscribeOptions:
     length_normalize: bool = False
     end_margin: float = 10.0
     pre_beam_ratio: float = 1.5
+    eos_threshold: float | None = None
     batch_seconds: float = 600.0
     precision: str = "fp32"
     max_segment_s: float = MAX_SEGMENT_S
@@ -145,7 +146,8 @@ class TranscribeOptions:
             max_length_ratio=decode.max_length_ratio, min_length_ratio=decode.min_length_ratio,
             length_normalize=decode.length_normalize,
             end_margin=math.inf if decode.end_margin is None else decode.end_margin,
-            pre_beam_ratio=decode.pre_beam_ratio, batch_seconds=decode.batch_seconds, precision=decode.precision,
+            pre_beam_ratio=decode.pre_beam_ratio, eos_threshold=decode.eos_threshold,
+            batch_seconds=decode.batch_seconds, precision=decode.precision,
         )
 
     def decode_config(self) -> DecodeConfig:
@@ -160,7 +162,8 @@ class TranscribeOptions:
             max_length_ratio=self.max_length_ratio, min_length_ratio=self.min_length_ratio,
             length_normalize=self.length_normalize, nbest=1,
             end_margin=None if math.isinf(self.end_margin) else self.end_margin,
-            pre_beam_ratio=self.pre_beam_ratio, batch_seconds=self.batch_seconds, precision=self.precision,
+            pre_beam_ratio=self.pre_beam_ratio, eos_threshold=self.eos_threshold,
+            batch_seconds=self.batch_seconds, precision=self.precision,
         )
 
     def search_options(self) -> SearchOptions:
@@ -169,6 +172,7 @@ class TranscribeOptions:
             beam_size=self.beam_size, weights=self.scorers, max_length_ratio=self.max_length_ratio,
             min_length_ratio=self.min_length_ratio, length_normalize=self.length_normalize,
             end_margin=None if math.isinf(self.end_margin) else self.end_margin, pre_beam_ratio=self.pre_beam_ratio,
+            eos_threshold=self.eos_threshold,
         )
 
     def vad_options(self) -> VadOptions:
@@ -334,6 +338,7 @@ class Transcriber:
         length_normalize: bool | None = None,
         end_margin: float | None = None,
         pre_beam_ratio: float | None = None,
+        eos_threshold: float | None = None,
         batch_seconds: float | None = None,
         precision: str | None = None,
         max_segment_s: float | None = None,
@@ -355,7 +360,8 @@ class Transcriber:
         used = base.with_overrides(
             beam_size=beam_size, scorers=scorers, scorer_params=scorer_params, lm=lm, hotwords=hotwords,
             max_length_ratio=max_length_ratio, min_length_ratio=min_length_ratio, length_normalize=length_normalize,
-            end_margin=end_margin, pre_beam_ratio=pre_beam_ratio, batch_seconds=batch_seconds, precision=precision,
+            end_margin=end_margin, pre_beam_ratio=pre_beam_ratio, eos_threshold=eos_threshold,
+            batch_seconds=batch_seconds, precision=precision,
             max_segment_s=max_segment_s, min_pause_s=min_pause_s, word_timestamps=word_timestamps, attention=attention,
         )
         name = str(audio) if isinstance(audio, (str, os.PathLike)) else "<bytes>" if isinstance(audio, bytes) else "<array>"

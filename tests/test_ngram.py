@@ -605,3 +605,23 @@ def test_positive_weight_pulls_the_output_towards_the_lm(tmp_path, random_model,
 
 def test_registered_as_a_scorer(ngram_registry):
     assert ngram_registry.get("scorer", "ngram").cls is NgramScorer
+
+
+def test_a_word_lm_does_not_cut_outputs_short_with_the_eos_threshold(tmp_path, trained_model, ngram_registry, fixture_batch):
+    """A word LM makes every further word cost its log-probability while ending costs only p(</s>), so shallow
+    fusion ends hypotheses early (the issue: 'IF WE PICKUP' for a sentence of nine words). With the eos threshold
+    the decoder must itself find <eos> likely before a hypothesis may end, and outputs keep their length."""
+    with torch.inference_mode():
+        states, lengths = trained_model.encode(fixture_batch.feats, fixture_batch.feat_lengths)
+    unigrams = {("<s>",): (-99.0, None), ("</s>",): (-0.2, None), ("<unk>",): (-3.0, None), ("THE",): (-0.5, None)}
+    params = {"ngram": {"path": write_arpa(tmp_path / "w.arpa", [unigrams]), "unit": "word", "lookahead": True}}
+
+    def mean_length(weights, **options) -> float:
+        results = make_search(trained_model, ngram_registry, weights, params, beam_size=4, **options)(states, lengths)
+        return sum(len(n[0].tokens) for n in results) / len(results)
+
+    alone = mean_length({"decoder": 1.0, "ngram": 0.0})
+    assert mean_length({"decoder": 1.0, "ngram": 1.0}) < 0.5 * alone, "without the threshold the LM cuts outputs short"
+    for weight in (0.5, 1.0, 2.0):
+        assert mean_length({"decoder": 1.0, "ngram": weight}, eos_threshold=1.5) >= 0.8 * alone, weight
+    assert mean_length({"decoder": 1.0, "ngram": 0.0}, eos_threshold=1.5) == alone, "without an LM it changes nothing here"
