@@ -553,7 +553,7 @@ def cmd_transcribe(args) -> int:
     of_total = "?" if total_s is None else "{total:.0f}"
     with progress_bar(total=total_s, unit="s", desc="transcribing", disable=args.quiet,
               bar_format="{l_bar}{bar}| {n:.0f}/" + of_total + " audio s [{elapsed}<{remaining}]") as bar:
-        results = transcriber.transcribe_many(inputs, options, progress=bar.update)
+        results = transcriber.transcribe_many(inputs, options, progress=bar.update, num_workers=args.num_workers)
         for job, outcome in zip(jobs, results):
             result = outcome.transcription
             if outcome.ok:
@@ -914,6 +914,9 @@ def build_parser(model_decode: dict | None = None) -> argparse.ArgumentParser:
                    help="time every word by CTC forced alignment (default: when the model has a CTC head; "
                         "--word-timestamps makes a model without one an error)")
     p.add_argument("--plot-attention", metavar="DIR", help="write a PNG of the attention alignment of each segment to DIR")
+    p.add_argument("--num-workers", type=int, default=0, metavar="N",
+                   help="threads that read and resample the next N inputs while the model decodes (each held whole "
+                        "in memory); 0 streams each input in turn (default: 0)")
     p.set_defaults(func=cmd_transcribe)
     return parser
 

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -375,6 +376,7 @@ class Transcriber:
         inputs: Iterable[AudioInput | str | os.PathLike | bytes],
         options: TranscribeOptions | None = None,
         progress: Callable[[float], None] | None = None,
+        num_workers: int = 0,
         **overrides: Any,
     ) -> Iterator[FileResult]:
         """Transcribe many recordings, decoding segments of several files together; results in input order.
@@ -385,8 +387,14 @@ class Transcriber:
         with the seconds of audio finished since its last call. ``overrides`` are the
         keywords of :meth:`transcribe` (``beam_size=1``, ``scorers={...}``, ...).
 
+        ``num_workers`` threads read and resample the next inputs while the model
+        decodes (each read-ahead input is held whole in memory); 0 streams every
+        input in this thread, block by block.
+
         :raises ConfigError: for bad options (before any input is read).
         """
+        if num_workers < 0:
+            raise ConfigError(f"num_workers must be 0 or more, got {num_workers}")
         options = (options if options is not None else self.options).with_overrides(**overrides)
         recognizer = self._recognizer(options)
         want_words = self._want_words(options)
@@ -394,12 +402,12 @@ class Transcriber:
         limit = max(1, int(options.batch_seconds * SAMPLE_RATE_HZ))
         files: deque[_File] = deque()
         batch: list[_Piece] = []
-        for source in inputs:
-            item = AudioInput.of(source)
+        for source, item, read_ahead in _read_ahead(inputs, num_workers):
             file = _File(item, source)
             files.append(file)
             try:
-                for segment in stream_segments(self._blocks(file), vad):
+                blocks = self._blocks(file) if read_ahead is None else self._counted(file, read_ahead.result())
+                for segment in stream_segments(blocks, vad):
                     longest = max([len(segment.samples), *(len(p.segment.samples) for p in batch)])
                     if batch and longest * (len(batch) + 1) > limit:
                         self._decode(batch, recognizer, options, want_words)
@@ -434,13 +442,10 @@ class Transcriber:
 
     def _blocks(self, file: _File) -> Iterator[np.ndarray]:
         """16 kHz mono blocks of an input, counted into ``file.samples``."""
-        item = file.input
-        if isinstance(item.audio, bytes):
-            blocks: Iterable[np.ndarray] = [load_audio(item.audio)]
-        elif isinstance(item.audio, (np.ndarray, torch.Tensor)):
-            blocks = [_array_to_mono16k(item.audio, item.sample_rate, item.name)]
-        else:
-            blocks = stream_audio(item.audio)
+        yield from self._counted(file, _input_blocks(file.input))
+
+    @staticmethod
+    def _counted(file: _File, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         for block in blocks:
             file.samples += len(block)
             yield block
@@ -516,6 +521,37 @@ class Transcriber:
                 file.input.name, text, segments, file.samples / SAMPLE_RATE_HZ, self.model_id, options,
             )
             yield FileResult(file.source, file.input.name, transcription=transcription)
+
+
+def _input_blocks(item: AudioInput) -> Iterable[np.ndarray]:
+    """16 kHz mono blocks of an input: a file streamed, bytes or an array at once."""
+    if isinstance(item.audio, bytes):
+        return [load_audio(item.audio)]
+    if isinstance(item.audio, (np.ndarray, torch.Tensor)):
+        return [_array_to_mono16k(item.audio, item.sample_rate, item.name)]
+    return stream_audio(item.audio)
+
+
+def _read_whole(item: AudioInput) -> list[np.ndarray]:
+    """Every 16 kHz mono block of an input, read at once (in a read-ahead thread)."""
+    return list(_input_blocks(item))
+
+
+def _read_ahead(inputs: Iterable[Any], workers: int) -> Iterator[tuple[Any, AudioInput, Future | None]]:
+    """``(source, AudioInput, future of its blocks or None)`` in input order; ``workers`` inputs are read ahead."""
+    if workers == 0:
+        for source in inputs:
+            yield source, AudioInput.of(source), None
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="asr-s2s-read") as pool:
+        pending: deque[tuple[Any, AudioInput, Future]] = deque()
+        for source in inputs:
+            item = AudioInput.of(source)
+            pending.append((source, item, pool.submit(_read_whole, item)))
+            if len(pending) > workers:
+                yield pending.popleft()
+        while pending:
+            yield pending.popleft()
 
 
 def _array_to_mono16k(samples: np.ndarray | torch.Tensor, sample_rate: int | None, name: str) -> np.ndarray:

@@ -157,6 +157,12 @@ def test_many_files_decode_together_like_one_at_a_time(transcriber, fixture_utte
         assert many.text == one.text
         _assert_same_segments(many.transcription.segments, one.segments)
     assert sum(progress) == pytest.approx(9.0 + 4.0 + 15.0, abs=0.01)
+    read_ahead = list(transcriber.transcribe_many([paths[0], bad, AudioInput("second", paths[1]), paths[2]],
+                                                  options, num_workers=2))
+    assert [r.ok for r in read_ahead] == [True, False, True, True] and "bad.wav" in str(read_ahead[1].error)
+    for ahead, many in zip(read_ahead, together):
+        if many.ok:
+            _assert_same_segments(ahead.transcription.segments, many.transcription.segments)
     small = dataclasses.replace(options, batch_seconds=3.0)  # one segment per batch
     for one, many in zip(alone, transcriber.transcribe_many(paths, small)):
         _assert_same_segments(many.transcription.segments, one.segments)
