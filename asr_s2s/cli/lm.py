@@ -15,7 +15,7 @@ def cmd_train_lm(args) -> int:
     from asr_s2s.lm import LMTrainer, load_lm_config, read_text, split_valid
     from asr_s2s.package import save_lm_package
     from asr_s2s.tokenizer import CharTokenizer
-    from asr_s2s.trainer import seed_everything
+    from asr_s2s.experiment import seed_everything
 
     config = with_epochs(load_lm_config(args.config), args.epochs)
     set_threads(args)

@@ -37,7 +37,8 @@ def cmd_train(args) -> int:
     from asr_s2s.package import save_package
     from asr_s2s.tokenizer import CharTokenizer
     from asr_s2s import distributed
-    from asr_s2s.trainer import Trainer, latest_checkpoint, seed_everything
+    from asr_s2s.experiment import seed_everything
+    from asr_s2s.trainer import Trainer, latest_checkpoint
 
     config = with_epochs(load_config(args.config), args.epochs)
     set_threads(args)
