@@ -194,8 +194,3 @@ def load_config(path: str | Path, cls: type[T] = ExperimentConfig) -> T:
 def to_dict(config: Any) -> dict[str, Any]:
     """Plain dict of a config dataclass, for YAML."""
     return dataclasses.asdict(config)
-
-
-def replace_decode(config: ExperimentConfig, **changes: Any) -> ExperimentConfig:
-    """A copy of ``config`` with decode options changed."""
-    return dataclasses.replace(config, decode=dataclasses.replace(config.decode, **changes))

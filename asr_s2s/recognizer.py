@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.utils.rnn import pad_sequence
 from asr_s2s.progress import progress_bar
 
 from asr_s2s.config import DecodeConfig
 from asr_s2s.dataset import Batch, SpeechDataset, make_loader
 from asr_s2s.errors import ConfigError
-from asr_s2s.features import fbank
 from asr_s2s.interfaces import Scorer
 from asr_s2s.manifest import Utterance
 from asr_s2s.model import ASRModel
@@ -148,12 +146,3 @@ class Recognizer:
             log.warning("... and %d more utterance(s) whose output looks cut short (%d of %d in all)",
                         len(short) - SHORT_OUTPUT_WARNINGS, len(short), len(utterances))
         return results
-
-    def decode_waveforms(self, waveforms: Iterable[tuple[str, np.ndarray]]) -> list[Recognition]:
-        """Decode 16 kHz waveforms ``(S,)`` given as ``(id, samples)`` in one batch."""
-        items = [(i, fbank(w)) for i, w in waveforms]
-        if not items:
-            return []
-        feats = pad_sequence([f for _, f in items], batch_first=True)
-        lengths = torch.tensor([f.shape[0] for _, f in items])
-        return self.decode_features(feats, lengths, [i for i, _ in items])

@@ -21,7 +21,6 @@ Word times come from CTC forced alignment of each segment's hypothesis
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import os
@@ -29,7 +28,6 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +35,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from asr_s2s.alignment import align_words
-from asr_s2s.audio import MIN_DURATION_S, SAMPLE_RATE_HZ, load_audio, stream_audio
+from asr_s2s.audio import SAMPLE_RATE_HZ, array_to_mono, load_audio, stream_audio
 from asr_s2s.config import DecodeConfig, check_precision
 from asr_s2s.errors import AsrS2SError, AudioLoadError, ConfigError, did_you_mean
 from asr_s2s.features import FRAME_SHIFT_MS, fbank
@@ -49,7 +47,6 @@ from asr_s2s.vad import MAX_SEGMENT_S, MIN_PAUSE_S, PAD_S, AudioSegment, VadOpti
 
 log = logging.getLogger(__name__)
 
-MAX_CHANNELS = 64  # a 2-D array with more "channels" than this is taken to be (channels, samples) by mistake
 RECOGNIZER_CACHE = 4  # recognisers (built scorers) kept for recently used decoding options
 
 
@@ -528,7 +525,7 @@ def _input_blocks(item: AudioInput) -> Iterable[np.ndarray]:
     if isinstance(item.audio, bytes):
         return [load_audio(item.audio)]
     if isinstance(item.audio, (np.ndarray, torch.Tensor)):
-        return [_array_to_mono16k(item.audio, item.sample_rate, item.name)]
+        return [array_to_mono(item.audio, item.sample_rate, item.name)]
     return stream_audio(item.audio)
 
 
@@ -554,44 +551,6 @@ def _read_ahead(inputs: Iterable[Any], workers: int) -> Iterator[tuple[Any, Audi
             yield pending.popleft()
 
 
-def _array_to_mono16k(samples: np.ndarray | torch.Tensor, sample_rate: int | None, name: str) -> np.ndarray:
-    """``(S,)`` or ``(S, C)`` samples at ``sample_rate`` as ``(S',)`` float32 at 16 kHz."""
-    if sample_rate is None:
-        raise ConfigError(f"{name}: give the sample rate of an array, e.g. transcribe(samples, sample_rate=16000)")
-    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-        raise ConfigError(f"{name}: sample_rate must be a positive integer, got {sample_rate!r}")
-    x = samples.detach().cpu().numpy() if isinstance(samples, torch.Tensor) else np.asarray(samples)
-    if np.issubdtype(x.dtype, np.integer):
-        x = x.astype(np.float32) / float(-np.iinfo(x.dtype).min if np.issubdtype(x.dtype, np.signedinteger) else np.iinfo(x.dtype).max)
-    if x.ndim == 2:
-        if x.shape[1] > MAX_CHANNELS:
-            raise AudioLoadError(f"{name}: expected samples (S,) or (S, channels), got shape {x.shape}; transpose it?")
-        x = x.mean(axis=1)
-    elif x.ndim != 1:
-        raise AudioLoadError(f"{name}: expected samples (S,) or (S, channels), got shape {x.shape}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.all(np.isfinite(x)):
-        raise AudioLoadError(f"{name}: audio holds NaN or infinite samples")
-    if len(x) / sample_rate < MIN_DURATION_S:
-        raise AudioLoadError(f"{name}: audio is {len(x) / sample_rate * 1000:.0f} ms long; at least {MIN_DURATION_S * 1000:.0f} ms is needed")
-    if sample_rate != SAMPLE_RATE_HZ:
-        import soxr  # librosa's resampler, as load_audio's "soxr_hq"
-
-        x = soxr.resample(x, int(sample_rate), SAMPLE_RATE_HZ, quality="HQ").astype(np.float32)
-    return x
-
-
-def model_id_of(path: str | os.PathLike) -> str:
-    """``NAME@sha256:HEX`` of a model package: its folder (and parent) name and a digest of its weights."""
-    path = Path(path).resolve()
-    digest = hashlib.sha256()
-    with open(path / "model.safetensors", "rb") as weights:
-        for chunk in iter(lambda: weights.read(1 << 20), b""):
-            digest.update(chunk)
-    name = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
-    return f"{name}@sha256:{digest.hexdigest()[:16]}"
-
-
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", disable_plugins: Sequence[str] = (),
                registry: Registry | None = None) -> Transcriber:
     """Load a model package as a :class:`Transcriber` whose default options are the package's decode config.
@@ -599,7 +558,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", disa
     :param disable_plugins: plugin entry points not to load (as ``--disable-plugin``).
     :raises ModelPackageError: naming the missing, corrupt or mismatched file.
     """
-    from asr_s2s.package import load_package
+    from asr_s2s.package import load_package, model_id_of
     from asr_s2s.plugins import get_plugin_manager
 
     if registry is None:
