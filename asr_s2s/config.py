@@ -7,6 +7,7 @@ every value is checked against its field's type.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -105,6 +106,12 @@ class DecodeConfig:
 
     def __post_init__(self) -> None:
         check_precision(self.precision, "decode.precision")
+        object.__setattr__(self, "end_margin", end_margin_or_none(self.end_margin))
+
+
+def end_margin_or_none(value: float | None) -> float | None:
+    """An end-detection margin, with ``inf`` (as the command line's ``--end-margin inf`` gives it) as None: off."""
+    return None if value is None or math.isinf(value) else value
 
 
 def check_precision(value: str, where: str) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,7 +35,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from asr_s2s.alignment import align_words
 from asr_s2s.audio import SAMPLE_RATE_HZ, array_to_mono, load_audio, stream_audio
-from asr_s2s.config import DecodeConfig, check_precision
+from asr_s2s.config import DecodeConfig, check_precision, end_margin_or_none
 from asr_s2s.errors import AsrS2SError, AudioLoadError, ConfigError, did_you_mean
 from asr_s2s.features import FRAME_SHIFT_MS, fbank
 from asr_s2s.model import ASRModel
@@ -95,7 +94,7 @@ class TranscribeOptions:
     ``scorer_params`` holds their params, e.g. ``{"ngram": {"path": "lm.arpa", "unit": "word"}}``,
     ``{"coverage": {"threshold": 0.5}}``, ``{"hotwords": {"phrases_file": "names.txt"}}``;
     ``lm`` and ``hotwords`` are shortcuts for ``scorer_params["lm"]["path"]`` and
-    ``scorer_params["hotwords"]["phrases"]``. ``end_margin`` ``math.inf`` turns end detection off.
+    ``scorer_params["hotwords"]["phrases"]``. ``end_margin`` None (or ``math.inf``) turns end detection off.
     ``precision`` "bf16" runs the encoder under bf16 autocast (see ``DecodeConfig.precision``).
 
     Long audio: segments are at most ``max_segment_s`` seconds; pauses of
@@ -112,7 +111,7 @@ class TranscribeOptions:
     max_length_ratio: float = 1.0
     min_length_ratio: float = 0.0
     length_normalize: bool = False
-    end_margin: float = 10.0
+    end_margin: float | None = 10.0
     pre_beam_ratio: float = 1.5
     eos_threshold: float | None = None
     batch_seconds: float = 600.0
@@ -127,6 +126,7 @@ class TranscribeOptions:
         object.__setattr__(self, "scorer_params", {str(k): dict(v) for k, v in self.scorer_params.items()})
         hotwords = (self.hotwords,) if isinstance(self.hotwords, str) else tuple(self.hotwords)  # one phrase, not letters
         object.__setattr__(self, "hotwords", hotwords)
+        object.__setattr__(self, "end_margin", end_margin_or_none(self.end_margin))
         if not self.batch_seconds > 0:
             raise ConfigError(f"batch_seconds must be positive, got {self.batch_seconds}")
         self.search_options()
@@ -143,7 +143,7 @@ class TranscribeOptions:
             beam_size=decode.beam_size, scorers=decode.scorers, scorer_params=decode.scorer_params,
             max_length_ratio=decode.max_length_ratio, min_length_ratio=decode.min_length_ratio,
             length_normalize=decode.length_normalize,
-            end_margin=math.inf if decode.end_margin is None else decode.end_margin,
+            end_margin=decode.end_margin,
             pre_beam_ratio=decode.pre_beam_ratio, eos_threshold=decode.eos_threshold,
             batch_seconds=decode.batch_seconds, precision=decode.precision,
         )
@@ -159,7 +159,7 @@ class TranscribeOptions:
             beam_size=self.beam_size, scorers=dict(self.scorers), scorer_params=params,
             max_length_ratio=self.max_length_ratio, min_length_ratio=self.min_length_ratio,
             length_normalize=self.length_normalize, nbest=1,
-            end_margin=None if math.isinf(self.end_margin) else self.end_margin,
+            end_margin=self.end_margin,
             pre_beam_ratio=self.pre_beam_ratio, eos_threshold=self.eos_threshold,
             batch_seconds=self.batch_seconds, precision=self.precision,
         )
@@ -169,7 +169,7 @@ class TranscribeOptions:
         return SearchOptions(
             beam_size=self.beam_size, weights=self.scorers, max_length_ratio=self.max_length_ratio,
             min_length_ratio=self.min_length_ratio, length_normalize=self.length_normalize,
-            end_margin=None if math.isinf(self.end_margin) else self.end_margin, pre_beam_ratio=self.pre_beam_ratio,
+            end_margin=self.end_margin, pre_beam_ratio=self.pre_beam_ratio,
             eos_threshold=self.eos_threshold,
         )
 
@@ -203,7 +203,6 @@ class TranscribeOptions:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["hotwords"] = list(self.hotwords)
-        out["end_margin"] = None if math.isinf(self.end_margin) else self.end_margin
         return out
 
 

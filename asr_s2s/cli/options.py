@@ -167,7 +167,7 @@ def decode_config_from(args, base, registry):
     for name in SEARCH_FLAGS:
         if getattr(args, name) is not None:
             value = getattr(args, name)
-            changes[name] = None if name == "end_margin" and math.isinf(value) else value
+            changes[name] = value  # --end-margin inf: DecodeConfig turns it into None (off)
     return dataclasses.replace(base, **changes)
 
 
