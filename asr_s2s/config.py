@@ -97,7 +97,7 @@ class DecodeConfig:
     end_margin: float | None = 10.0  # stop an utterance when its running hypotheses trail this far; null: never
     pre_beam_ratio: float = 1.5  # partial scorers (ctc) score the best ceil(ratio * beam_size) tokens
     # <eos> only where the decoder gives it at least this many times its best other token's log-probability
-    # (Kannan et al. 2018; 1.5 keeps a word LM from ending hypotheses early); null: always
+    # (Kannan et al. 2018: an external LM otherwise ends hypotheses early; 1.5 keeps a word LM from it); null: always
     eos_threshold: float | None = None
     batch_seconds: float = 600.0  # padded audio seconds decoded together
     # "bf16": the encoder runs under bf16 autocast (about 2x faster encoding on CPUs with AMX,

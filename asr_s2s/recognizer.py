@@ -76,11 +76,7 @@ class Recognizer:
         self.model = model.to(device).eval()
         self.decode = decode
         self.device = torch.device(device)
-        self.options = SearchOptions(
-            beam_size=decode.beam_size, weights=dict(decode.scorers), max_length_ratio=decode.max_length_ratio,
-            min_length_ratio=decode.min_length_ratio, length_normalize=decode.length_normalize, nbest=decode.nbest,
-            end_margin=decode.end_margin, pre_beam_ratio=decode.pre_beam_ratio, eos_threshold=decode.eos_threshold,
-        )
+        self.options = SearchOptions.from_decode(decode)
         active = {n for n, w in decode.scorers.items() if w > 0}
         self.greedy = decode.beam_size == 1 and active == {"decoder"} and decode.min_length_ratio == 0
         scorers = build_scorers(model, registry, decode.scorers, decode.scorer_params)

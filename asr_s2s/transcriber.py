@@ -103,19 +103,20 @@ class TranscribeOptions:
     each segment's attention weights (for plots).
     """
 
-    beam_size: int = 10
-    scorers: Mapping[str, float] = field(default_factory=lambda: {"decoder": 1.0})
+    # the search fields take their defaults from DecodeConfig, their one home
+    beam_size: int = DecodeConfig.beam_size
+    scorers: Mapping[str, float] = field(default_factory=lambda: dict(DecodeConfig().scorers))
     scorer_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     lm: str | None = None
     hotwords: tuple[str, ...] = ()
-    max_length_ratio: float = 1.0
-    min_length_ratio: float = 0.0
-    length_normalize: bool = False
-    end_margin: float | None = 10.0
-    pre_beam_ratio: float = 1.5
-    eos_threshold: float | None = None
-    batch_seconds: float = 600.0
-    precision: str = "fp32"
+    max_length_ratio: float = DecodeConfig.max_length_ratio
+    min_length_ratio: float = DecodeConfig.min_length_ratio
+    length_normalize: bool = DecodeConfig.length_normalize
+    end_margin: float | None = DecodeConfig.end_margin
+    pre_beam_ratio: float = DecodeConfig.pre_beam_ratio
+    eos_threshold: float | None = DecodeConfig.eos_threshold
+    batch_seconds: float = DecodeConfig.batch_seconds
+    precision: str = DecodeConfig.precision
     max_segment_s: float = MAX_SEGMENT_S
     min_pause_s: float = MIN_PAUSE_S
     word_timestamps: bool | None = None
@@ -166,12 +167,7 @@ class TranscribeOptions:
 
     def search_options(self) -> SearchOptions:
         """Checks the search fields (raises ConfigError)."""
-        return SearchOptions(
-            beam_size=self.beam_size, weights=self.scorers, max_length_ratio=self.max_length_ratio,
-            min_length_ratio=self.min_length_ratio, length_normalize=self.length_normalize,
-            end_margin=self.end_margin, pre_beam_ratio=self.pre_beam_ratio,
-            eos_threshold=self.eos_threshold,
-        )
+        return SearchOptions.from_decode(self.decode_config())
 
     def vad_options(self) -> VadOptions:
         return VadOptions(max_segment_s=self.max_segment_s, min_pause_s=self.min_pause_s,
