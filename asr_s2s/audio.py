@@ -6,11 +6,15 @@ import io
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile
 
-from asr_s2s.errors import AudioLoadError
+from asr_s2s.errors import AudioLoadError, ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 SAMPLE_RATE_HZ = 16_000
 MIN_DURATION_S = 0.1
@@ -26,7 +30,7 @@ def load_audio(source: str | os.PathLike | bytes, sample_rate_hz: int = SAMPLE_R
     """Read an audio file (wav, flac, ogg, mp3, ...) as mono float32 at ``sample_rate_hz``.
 
     Any sample format, sample rate and channel count is accepted: channels are
-    averaged and the signal is resampled with soxr (via librosa).
+    averaged and the signal is resampled with :func:`resample`.
 
     :param source: a path, or the bytes of a file (e.g. a wav read from stdin).
     :returns: ``(S,)`` float32 samples in [-1, 1].
@@ -48,9 +52,7 @@ def load_audio(source: str | os.PathLike | bytes, sample_rate_hz: int = SAMPLE_R
             f"{label}: audio is {duration_s / 60:.1f} min long; split files longer than {MAX_DURATION_S / 60:.0f} min first"
         )
     if rate != sample_rate_hz:
-        import librosa  # imported lazily: it is slow to import and only needed here
-
-        data = librosa.resample(data, orig_sr=rate, target_sr=sample_rate_hz, res_type="soxr_hq")
+        data = resample(data, rate, sample_rate_hz)
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
@@ -233,3 +235,45 @@ def _stream_with_ffmpeg(path: Path, label: str, open_error: Exception, sample_ra
         raise AudioLoadError(
             f"{label}: audio is {total / sample_rate_hz * 1000:.0f} ms long; at least {MIN_DURATION_S * 1000:.0f} ms is needed"
         )
+
+
+MAX_CHANNELS = 64  # a 2-D array with more "channels" than this is taken to be (channels, samples) by mistake
+
+
+def resample(samples: np.ndarray, from_hz: int, to_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
+    """The toolkit's one resampler for whole signals: soxr at high quality (what librosa's
+    ``soxr_hq`` runs), ``(S,)`` at ``from_hz`` to ``(S',)`` at ``to_hz``, in the input's float dtype."""
+    if from_hz == to_hz:
+        return samples
+    import soxr  # imported lazily, with the first file that needs it
+
+    return soxr.resample(samples, from_hz, to_hz, quality="HQ")
+
+
+def array_to_mono(samples: np.ndarray | torch.Tensor, sample_rate: int | None, name: str) -> np.ndarray:
+    """``(S,)`` or ``(S, C)`` samples at ``sample_rate`` as ``(S',)`` float32 mono at 16 kHz.
+
+    Integer samples are scaled to [-1, 1]; channels are averaged.
+
+    :raises ConfigError: without a positive integer ``sample_rate``.
+    :raises AudioLoadError: naming ``name``, for a bad shape, NaN/inf samples or less than 100 ms.
+    """
+    if sample_rate is None:
+        raise ConfigError(f"{name}: give the sample rate of an array, e.g. transcribe(samples, sample_rate=16000)")
+    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise ConfigError(f"{name}: sample_rate must be a positive integer, got {sample_rate!r}")
+    x = samples.detach().cpu().numpy() if hasattr(samples, "detach") else np.asarray(samples)
+    if np.issubdtype(x.dtype, np.integer):
+        x = x.astype(np.float32) / float(-np.iinfo(x.dtype).min if np.issubdtype(x.dtype, np.signedinteger) else np.iinfo(x.dtype).max)
+    if x.ndim == 2:
+        if x.shape[1] > MAX_CHANNELS:
+            raise AudioLoadError(f"{name}: expected samples (S,) or (S, channels), got shape {x.shape}; transpose it?")
+        x = x.mean(axis=1)
+    elif x.ndim != 1:
+        raise AudioLoadError(f"{name}: expected samples (S,) or (S, channels), got shape {x.shape}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.all(np.isfinite(x)):
+        raise AudioLoadError(f"{name}: audio holds NaN or infinite samples")
+    if len(x) / sample_rate < MIN_DURATION_S:
+        raise AudioLoadError(f"{name}: audio is {len(x) / sample_rate * 1000:.0f} ms long; at least {MIN_DURATION_S * 1000:.0f} ms is needed")
+    return resample(x, int(sample_rate)).astype(np.float32, copy=False)

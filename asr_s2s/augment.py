@@ -273,7 +273,7 @@ def read_audio(path: str | Path, frames: int | None = None, rng: np.random.Gener
     """
     import soundfile
 
-    from asr_s2s.audio import SAMPLE_RATE_HZ
+    from asr_s2s.audio import SAMPLE_RATE_HZ, resample
     from asr_s2s.errors import AudioLoadError
 
     try:
@@ -287,10 +287,7 @@ def read_audio(path: str | Path, frames: int | None = None, rng: np.random.Gener
     if len(data) == 0:
         raise AudioLoadError(f"{path}: no samples")
     mono = data.mean(axis=1)
-    if rate != SAMPLE_RATE_HZ:
-        import soxr  # librosa's resampling backend
-
-        mono = soxr.resample(mono, rate, SAMPLE_RATE_HZ, quality="HQ")
+    mono = resample(mono, rate)
     if not np.all(np.isfinite(mono)):
         raise AudioLoadError(f"{path}: holds NaN or infinite samples")
     if frames is not None:

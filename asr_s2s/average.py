@@ -20,7 +20,7 @@ from asr_s2s.checkpoints import read_checkpoint
 from asr_s2s.errors import AsrS2SError
 from asr_s2s.package import load_package, save_package
 from asr_s2s.plugins import Registry
-from asr_s2s.trainer import CHECKPOINT_DIR, LOG_FILE
+from asr_s2s.experiment import CHECKPOINT_DIR, LOG_FILE
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ every value is checked against its field's type.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -96,7 +97,7 @@ class DecodeConfig:
     end_margin: float | None = 10.0  # stop an utterance when its running hypotheses trail this far; null: never
     pre_beam_ratio: float = 1.5  # partial scorers (ctc) score the best ceil(ratio * beam_size) tokens
     # <eos> only where the decoder gives it at least this many times its best other token's log-probability
-    # (Kannan et al. 2018; 1.5 keeps a word LM from ending hypotheses early); null: always
+    # (Kannan et al. 2018: an external LM otherwise ends hypotheses early; 1.5 keeps a word LM from it); null: always
     eos_threshold: float | None = None
     batch_seconds: float = 600.0  # padded audio seconds decoded together
     # "bf16": the encoder runs under bf16 autocast (about 2x faster encoding on CPUs with AMX,
@@ -105,6 +106,12 @@ class DecodeConfig:
 
     def __post_init__(self) -> None:
         check_precision(self.precision, "decode.precision")
+        object.__setattr__(self, "end_margin", end_margin_or_none(self.end_margin))
+
+
+def end_margin_or_none(value: float | None) -> float | None:
+    """An end-detection margin, with ``inf`` (as the command line's ``--end-margin inf`` gives it) as None: off."""
+    return None if value is None or math.isinf(value) else value
 
 
 def check_precision(value: str, where: str) -> None:
@@ -194,8 +201,3 @@ def load_config(path: str | Path, cls: type[T] = ExperimentConfig) -> T:
 def to_dict(config: Any) -> dict[str, Any]:
     """Plain dict of a config dataclass, for YAML."""
     return dataclasses.asdict(config)
-
-
-def replace_decode(config: ExperimentConfig, **changes: Any) -> ExperimentConfig:
-    """A copy of ``config`` with decode options changed."""
-    return dataclasses.replace(config, decode=dataclasses.replace(config.decode, **changes))

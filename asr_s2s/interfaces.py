@@ -168,7 +168,7 @@ class LanguageModel(nn.Module, ABC):
 
     @abstractmethod
     def init_state(self, n: int, device: torch.device) -> dict[str, torch.Tensor]:
-        """The state before ``<sos>`` for ``n`` hypotheses."""
+        """The state before ``<sos>`` for ``n`` hypotheses: tensors of ``N = n`` rows, ``(N, ...)``, on ``device``."""
 
     @abstractmethod
     def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

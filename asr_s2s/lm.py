@@ -29,7 +29,7 @@ from asr_s2s.checkpoints import load_training_state, read_checkpoint, write_chec
 from asr_s2s.errors import CheckpointError, ConfigError, ManifestError, TokenizerError
 from asr_s2s.interfaces import LanguageModel
 from asr_s2s.tokenizer import CharTokenizer, normalize_text
-from asr_s2s.trainer import seed_everything, warmup_cosine
+from asr_s2s.experiment import seed_everything, warmup_cosine
 
 log = logging.getLogger(__name__)
 

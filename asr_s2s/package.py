@@ -13,6 +13,7 @@ Loading never unpickles anything.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -222,3 +223,14 @@ def _load_weights(module: torch.nn.Module, weights_file: Path, against: str) -> 
     except RuntimeError as exc:
         detail = str(exc).split("\n", 1)[-1].strip()
         raise ModelPackageError(f"{weights_file}: weights do not match {against}: {detail}") from None
+
+
+def model_id_of(path: str | os.PathLike) -> str:
+    """``NAME@sha256:HEX`` of a model package: its folder (and parent) name and a digest of its weights."""
+    path = Path(path).resolve()
+    digest = hashlib.sha256()
+    with open(path / "model.safetensors", "rb") as weights:
+        for chunk in iter(lambda: weights.read(1 << 20), b""):
+            digest.update(chunk)
+    name = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+    return f"{name}@sha256:{digest.hexdigest()[:16]}"

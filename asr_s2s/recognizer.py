@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.utils.rnn import pad_sequence
 from asr_s2s.progress import progress_bar
 
 from asr_s2s.config import DecodeConfig
 from asr_s2s.dataset import Batch, SpeechDataset, make_loader
 from asr_s2s.errors import ConfigError
-from asr_s2s.features import fbank
 from asr_s2s.interfaces import Scorer
 from asr_s2s.manifest import Utterance
 from asr_s2s.model import ASRModel
@@ -78,11 +76,7 @@ class Recognizer:
         self.model = model.to(device).eval()
         self.decode = decode
         self.device = torch.device(device)
-        self.options = SearchOptions(
-            beam_size=decode.beam_size, weights=dict(decode.scorers), max_length_ratio=decode.max_length_ratio,
-            min_length_ratio=decode.min_length_ratio, length_normalize=decode.length_normalize, nbest=decode.nbest,
-            end_margin=decode.end_margin, pre_beam_ratio=decode.pre_beam_ratio, eos_threshold=decode.eos_threshold,
-        )
+        self.options = SearchOptions.from_decode(decode)
         active = {n for n, w in decode.scorers.items() if w > 0}
         self.greedy = decode.beam_size == 1 and active == {"decoder"} and decode.min_length_ratio == 0
         scorers = build_scorers(model, registry, decode.scorers, decode.scorer_params)
@@ -148,12 +142,3 @@ class Recognizer:
             log.warning("... and %d more utterance(s) whose output looks cut short (%d of %d in all)",
                         len(short) - SHORT_OUTPUT_WARNINGS, len(short), len(utterances))
         return results
-
-    def decode_waveforms(self, waveforms: Iterable[tuple[str, np.ndarray]]) -> list[Recognition]:
-        """Decode 16 kHz waveforms ``(S,)`` given as ``(id, samples)`` in one batch."""
-        items = [(i, fbank(w)) for i, w in waveforms]
-        if not items:
-            return []
-        feats = pad_sequence([f for _, f in items], batch_first=True)
-        lengths = torch.tensor([f.shape[0] for _, f in items])
-        return self.decode_features(feats, lengths, [i for i, _ in items])

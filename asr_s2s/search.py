@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from asr_s2s.config import DecodeConfig
 from asr_s2s.errors import AsrS2SError, ConfigError, ScorerError
 from asr_s2s.interfaces import Decoder, Scorer
 
@@ -32,19 +33,27 @@ class Hypothesis:
 
 @dataclass(frozen=True)
 class SearchOptions:
-    """Beam search options; ``weights`` maps scorer names to weights."""
+    """Beam search options; ``weights`` maps scorer names to weights. The defaults are
+    :class:`~asr_s2s.config.DecodeConfig`'s, where each option is documented."""
 
-    beam_size: int = 10
-    weights: Mapping[str, float] = field(default_factory=lambda: {"decoder": 1.0})
-    max_length_ratio: float = 1.0
-    min_length_ratio: float = 0.0
-    length_normalize: bool = False
-    nbest: int = 1
-    end_margin: float | None = 10.0  # end detection; None runs until K hypotheses end
-    pre_beam_ratio: float = 1.5  # partial scorers see the best ceil(ratio * K) tokens per hypothesis
-    # <eos> is a candidate only where the decoder's log-probability of it is at least this many times
-    # its best other token's (Kannan et al. 2018: external LMs otherwise end hypotheses early); None: always
-    eos_threshold: float | None = None
+    beam_size: int = DecodeConfig.beam_size
+    weights: Mapping[str, float] = field(default_factory=lambda: dict(DecodeConfig().scorers))
+    max_length_ratio: float = DecodeConfig.max_length_ratio
+    min_length_ratio: float = DecodeConfig.min_length_ratio
+    length_normalize: bool = DecodeConfig.length_normalize
+    nbest: int = DecodeConfig.nbest
+    end_margin: float | None = DecodeConfig.end_margin  # end detection; None runs until K hypotheses end
+    pre_beam_ratio: float = DecodeConfig.pre_beam_ratio  # partial scorers see the best ceil(ratio * K) tokens
+    eos_threshold: float | None = DecodeConfig.eos_threshold  # <eos> only where the decoder finds it likely
+
+    @classmethod
+    def from_decode(cls, decode: DecodeConfig) -> SearchOptions:
+        """The search part of a decode config: the one conversion, for every caller."""
+        return cls(
+            beam_size=decode.beam_size, weights=dict(decode.scorers), max_length_ratio=decode.max_length_ratio,
+            min_length_ratio=decode.min_length_ratio, length_normalize=decode.length_normalize, nbest=decode.nbest,
+            end_margin=decode.end_margin, pre_beam_ratio=decode.pre_beam_ratio, eos_threshold=decode.eos_threshold,
+        )
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:

@@ -8,7 +8,7 @@ import math
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from asr_s2s import distributed
 from asr_s2s.checkpoints import load_training_state, read_checkpoint, write_checkpoint
 from asr_s2s.config import TrainConfig
 from asr_s2s.errors import CheckpointError, ConfigError, TrainingError
+from asr_s2s.experiment import CHECKPOINT_DIR, LOG_FILE, seed_everything, warmup_cosine
 from asr_s2s.dataset import SpeechDataset, make_loader
 from asr_s2s.features import num_frames
 from asr_s2s.files import write_text_atomically
@@ -29,9 +30,6 @@ from asr_s2s.model import ASRModel
 from asr_s2s.search import greedy_search
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_DIR = "checkpoints"
-LOG_FILE = "train_log.jsonl"
 
 
 @dataclass(frozen=True)
@@ -51,22 +49,28 @@ class EpochResult:
     augment_failures: int = 0  # augmentations that failed on an utterance, which trained without them
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+@dataclass
+class EpochTotals:
+    """Running totals of the epoch in progress; a mid-epoch checkpoint saves them by field name."""
 
+    loss_sum: float = 0.0  # training loss summed over the batches trained on
+    batches: int = 0  # batches trained on
+    audio_s: float = 0.0  # seconds of audio in them
+    skipped: int = 0  # batches skipped for a non-finite loss or gradient
+    failed: int = 0  # utterances that failed to load
+    oom: int = 0  # batches skipped after running out of memory
 
-def warmup_cosine(warmup_steps: int, total_steps: int, final_ratio: float):
-    """LR multiplier: linear warm-up over ``warmup_steps``, then cosine decay to ``final_ratio``."""
+    @classmethod
+    def restore(cls, saved: object) -> EpochTotals:
+        """Totals from a checkpoint: a dict by field name, or (older checkpoints) a list in field order."""
+        if isinstance(saved, dict):
+            return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
+        return cls(*saved) if saved else cls()
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
+    @classmethod
+    def summed(cls, parts: list[EpochTotals]) -> EpochTotals:
+        """The totals of every rank's share, added up field by field."""
+        return cls(*(sum(getattr(p, f.name) for p in parts) for f in fields(cls)))
 
 
 def count_ctc_infeasible(dataset: SpeechDataset, model: ASRModel) -> int:
@@ -200,7 +204,7 @@ class Trainer:
     def step_checkpoint_path(self, step: int) -> Path:
         return self.exp_dir / CHECKPOINT_DIR / f"step-{step}.pt"
 
-    def save_checkpoint(self, path: Path | None = None, batches_done: int = 0, totals: tuple = ()) -> Path:
+    def save_checkpoint(self, path: Path | None = None, batches_done: int = 0, totals: EpochTotals | None = None) -> Path:
         """Write the full training state atomically: a crash mid-write keeps the old file.
 
         :param path: where; by default the checkpoint of the last finished epoch, ``epoch-N.pt``.
@@ -224,7 +228,7 @@ class Trainer:
             "train_config": asdict(self.config),
             "train_utterances": len(self.train_loader.dataset),
             "batches_done": batches_done,
-            "epoch_totals": list(totals),
+            "epoch_totals": asdict(totals) if totals is not None else {},
             "bad_in_a_row": self._bad_in_a_row,
         }
         return write_checkpoint(state, path)
@@ -257,7 +261,7 @@ class Trainer:
             raise CheckpointError(f"{path}: malformed random-generator state ({exc})") from None
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self._resume_batches = int(state.get("batches_done", 0))
-        self._resume_totals = tuple(state.get("epoch_totals", ())) or None
+        self._resume_totals = EpochTotals.restore(state.get("epoch_totals")) if state.get("epoch_totals") else None
         self._bad_in_a_row = int(state.get("bad_in_a_row", 0))
         saved = state.get("train_config", {})
         changed = [k for k in _DATA_ORDER_KEYS if k in saved and saved[k] != getattr(self.config, k, saved[k])]
@@ -277,7 +281,7 @@ class Trainer:
             if old != keep:
                 old.unlink(missing_ok=True)
 
-    def _maybe_checkpoint_step(self, batches_done: int, totals: tuple) -> None:
+    def _maybe_checkpoint_step(self, batches_done: int, totals: EpochTotals) -> None:
         """Every ``checkpoint_every_steps`` optimizer steps, save a mid-epoch checkpoint (only the latest is kept)."""
         every = self.config.checkpoint_every_steps
         if every and self.step % every == 0:
@@ -363,89 +367,120 @@ class Trainer:
         return [rows[e] for e in sorted(rows)]
 
     def train_one_epoch(self) -> EpochResult:
+        """Train on every batch of the next epoch, validate, log and plot.
+
+        One optimizer step per ``accum_grad`` batches (the last group of an epoch
+        may be shorter); each batch's loss is divided by its group's size. Under
+        DDP only a group's last batch all-reduces.
+        """
         self.model.train()
         self.train_loader.batch_sampler.set_epoch(self.epoch)
         started = time.perf_counter()
         # a mid-epoch checkpoint resumes after the batches it had done, with the epoch's totals so far
-        total_loss, batches, audio_s, skipped, failed, oom = self._resume_totals or (0.0, 0, 0.0, 0, 0, 0)
+        totals = self._resume_totals or EpochTotals()
         done, self._resume_batches, self._resume_totals = self._resume_batches, 0, None
         bar = progress_bar(self._epoch_batches(done), total=len(self.train_loader.batch_sampler), initial=done,
-                   desc=f"epoch {self.epoch + 1}/{self.config.epochs}", unit="batch", disable=not self.progress, leave=False)
-        # One optimizer step per ``accum_grad`` batches (the last group of an epoch may be shorter); each
-        # batch's loss is divided by its group's size. Under DDP only a group's last batch all-reduces.
+                           desc=f"epoch {self.epoch + 1}/{self.config.epochs}", unit="batch",
+                           disable=not self.progress, leave=False)
         accum, n_local = self.config.accum_grad, len(self.train_loader.batch_sampler)
         contributed, out = 0, None  # batches backpropagated since the last step; the last good output
         self.optimizer.zero_grad(set_to_none=True)
         self._augment_failures = {}
         for index, batch in enumerate(bar, start=done):
-            failed += self._report_failed(batch)
+            totals.failed += self._report_failed(batch)
             self._report_augment_failures(batch)
             group_end = (index + 1) % accum == 0 or index + 1 == n_local
             group_size = min(accum, n_local - index // accum * accum)
             with self.ddp.no_sync() if self.ddp is not None and not group_end else nullcontext():
-                result, oom_hit = self._guarded(self._forward, batch) if len(batch) else (None, False)
-                ok = result is not None and bool(torch.isfinite(result.loss))
-                if result is not None and not ok:
-                    skipped += 1
-                    self._bad_batch("non-finite loss", result.loss.item(), batch, index)
-                synced = self.ddp is not None and group_end and distributed.all_true(ok)
-                if self.ddp is not None and group_end and ok and not synced:
-                    skipped += 1  # another rank's batch failed: every rank drops its last batch of this step
-                    ok = False
-                if ok:
-                    _, oom_hit = self._guarded(lambda: (result.loss / group_size).backward())
-                    ok = not oom_hit
-                if oom_hit:  # this batch, and the group's gradients so far, are dropped
-                    oom, contributed, result = oom + 1, 0, None
-                    self._out_of_memory(batch, index)
-                if ok:
-                    self._bad_in_a_row = 0
-                    contributed += 1
-                    batches += 1
-                    total_loss += result.loss.item()
-                    audio_s += batch.audio_seconds
-                    out = result
+                result, synced, oom_hit = self._accumulate(batch, index, group_size, group_end, totals)
+            if oom_hit:  # an out-of-memory batch drops the group's gradients so far
+                contributed = 0
+            elif result is not None:
+                contributed, out = contributed + 1, result
             if not group_end:
                 continue
-            if self.ddp is not None and not synced:
-                if not distributed.any_rank(contributed > 0):
-                    contributed = 0
-                    continue
-                self._all_reduce_gradients()  # the step's earlier batches, which DDP did not reduce
-            elif contributed == 0:
-                continue
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-            if not torch.isfinite(grad_norm):
-                skipped, contributed = skipped + 1, 0
-                self.optimizer.zero_grad(set_to_none=True)
-                self._bad_batch("non-finite gradient", grad_norm.item(), batch, index)
-                continue
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
+            grad_norm = self._step(contributed, synced, batch, index, totals)
             contributed = 0
+            if grad_norm is None:  # no step: nothing trained in the group, or a non-finite gradient
+                continue
             if out is not None:  # None: this rank has had no good batch yet; others have
-                bar.set_postfix(loss=f"{out.loss.item():.3f}", acc=f"{out.accuracy.item():.2f}", refresh=False)
-                if self.step % self.config.log_interval == 0:
-                    self._log({
-                        "kind": "step", "step": self.step, "epoch": self.epoch + 1, "loss": out.loss.item(),
-                        "attention_loss": out.attention_loss.item(),
-                        "ctc_loss": None if out.ctc_loss is None else out.ctc_loss.item(),
-                        "accuracy": out.accuracy.item(), "grad_norm": grad_norm.item(), "lr": self.scheduler.get_last_lr()[0],
-                    })
+                self._log_step(bar, out, grad_norm)
             # after the step's log row, so that a resumed run's log holds every step exactly once
-            self._maybe_checkpoint_step(index + 1, (total_loss, batches, audio_s, skipped, failed, oom))
+            self._maybe_checkpoint_step(index + 1, totals)
         bar.close()
         self.epoch += 1
-        if self.world_size > 1:  # epoch totals over every rank
-            total_loss, batches, audio_s, skipped, failed, oom = (
-                sum(column) for column in zip(*distributed.all_gather_objects((total_loss, batches, audio_s, skipped, failed, oom)))
-            )
-        if batches == 0:
+        return self._finish_epoch(totals, started)
+
+    def _accumulate(self, batch, index: int, group_size: int, group_end: bool, totals: EpochTotals):
+        """Forward and backward one batch into the gradients of its group.
+
+        :returns: the model output when the batch was trained on (else None); whether every rank
+            had a good last batch of the group (DDP; False otherwise); whether it ran out of memory.
+        """
+        result, oom_hit = self._guarded(self._forward, batch) if len(batch) else (None, False)
+        ok = result is not None and bool(torch.isfinite(result.loss))
+        if result is not None and not ok:
+            totals.skipped += 1
+            self._bad_batch("non-finite loss", result.loss.item(), batch, index)
+        synced = self.ddp is not None and group_end and distributed.all_true(ok)
+        if self.ddp is not None and group_end and ok and not synced:
+            totals.skipped += 1  # another rank's batch failed: every rank drops its last batch of this step
+            ok = False
+        if ok:
+            _, oom_hit = self._guarded(lambda: (result.loss / group_size).backward())
+            ok = not oom_hit
+        if oom_hit:  # this batch, and the group's gradients so far, are dropped
+            totals.oom += 1
+            self._out_of_memory(batch, index)
+            return None, synced, True
+        if not ok:
+            return None, synced, False
+        self._bad_in_a_row = 0
+        totals.batches += 1
+        totals.loss_sum += result.loss.item()
+        totals.audio_s += batch.audio_seconds
+        return result, synced, False
+
+    def _step(self, contributed: int, synced: bool, batch, index: int, totals: EpochTotals) -> torch.Tensor | None:
+        """The optimizer step closing a group of batches; returns the gradient norm, or None if no step was taken."""
+        if self.ddp is not None and not synced:
+            if not distributed.any_rank(contributed > 0):
+                return None
+            self._all_reduce_gradients()  # the step's earlier batches, which DDP did not reduce
+        elif contributed == 0:
+            return None
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        if not torch.isfinite(grad_norm):
+            totals.skipped += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            self._bad_batch("non-finite gradient", grad_norm.item(), batch, index)
+            return None
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return grad_norm
+
+    def _log_step(self, bar, out, grad_norm: torch.Tensor) -> None:
+        """Show the last good batch's loss on the bar; every ``log_interval`` steps, log a row."""
+        bar.set_postfix(loss=f"{out.loss.item():.3f}", acc=f"{out.accuracy.item():.2f}", refresh=False)
+        if self.step % self.config.log_interval == 0:
+            self._log({
+                "kind": "step", "step": self.step, "epoch": self.epoch + 1, "loss": out.loss.item(),
+                "attention_loss": out.attention_loss.item(),
+                "ctc_loss": None if out.ctc_loss is None else out.ctc_loss.item(),
+                "accuracy": out.accuracy.item(), "grad_norm": grad_norm.item(), "lr": self.scheduler.get_last_lr()[0],
+            })
+
+    def _finish_epoch(self, totals: EpochTotals, started: float) -> EpochResult:
+        """Add up every rank's totals, validate, and log, report and plot the epoch."""
+        if self.world_size > 1:
+            totals = EpochTotals.summed(distributed.all_gather_objects(totals))
+        if totals.batches == 0:
             raise TrainingError(
-                f"epoch {self.epoch}: no batch could be trained on ({failed} utterance(s) failed to load, "
-                f"{skipped} batch(es) had a non-finite loss, {oom} ran out of memory; see the warnings above)"
+                f"epoch {self.epoch}: no batch could be trained on ({totals.failed} utterance(s) failed to load, "
+                f"{totals.skipped} batch(es) had a non-finite loss, {totals.oom} ran out of memory; "
+                "see the warnings above)"
             )
         augment_failures = sum(self._augment_failures.values())
         if self.world_size > 1:
@@ -456,14 +491,14 @@ class Trainer:
         valid_loss, valid_cer = self.validate()
         wall = time.perf_counter() - started
         result = EpochResult(
-            self.epoch, self.step, total_loss / max(1, batches), valid_loss, valid_cer, audio_s, wall, skipped, failed,
-            oom_batches=oom, augment_failures=augment_failures,
+            self.epoch, self.step, totals.loss_sum / max(1, totals.batches), valid_loss, valid_cer, totals.audio_s,
+            wall, totals.skipped, totals.failed, oom_batches=totals.oom, augment_failures=augment_failures,
         )
         self.history.append({"epoch": self.epoch, "valid_loss": valid_loss, "valid_cer": valid_cer})
         self._log({"kind": "epoch", **asdict(result), "best_epoch": self.best_epoch()})
         log.info(
             "epoch %d: train loss %.3f, valid loss %.3f, valid CER %.2f%%, %.1f audio-s/s",
-            self.epoch, result.train_loss, valid_loss, valid_cer, audio_s / wall,
+            self.epoch, result.train_loss, valid_loss, valid_cer, totals.audio_s / wall,
         )
         self._plot()
         return result

@@ -21,15 +21,12 @@ Word times come from CTC forced alignment of each segment's hypothesis
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
-import math
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,8 +34,8 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from asr_s2s.alignment import align_words
-from asr_s2s.audio import MIN_DURATION_S, SAMPLE_RATE_HZ, load_audio, stream_audio
-from asr_s2s.config import DecodeConfig, check_precision
+from asr_s2s.audio import SAMPLE_RATE_HZ, array_to_mono, load_audio, stream_audio
+from asr_s2s.config import DecodeConfig, check_precision, end_margin_or_none
 from asr_s2s.errors import AsrS2SError, AudioLoadError, ConfigError, did_you_mean
 from asr_s2s.features import FRAME_SHIFT_MS, fbank
 from asr_s2s.model import ASRModel
@@ -49,7 +46,6 @@ from asr_s2s.vad import MAX_SEGMENT_S, MIN_PAUSE_S, PAD_S, AudioSegment, VadOpti
 
 log = logging.getLogger(__name__)
 
-MAX_CHANNELS = 64  # a 2-D array with more "channels" than this is taken to be (channels, samples) by mistake
 RECOGNIZER_CACHE = 4  # recognisers (built scorers) kept for recently used decoding options
 
 
@@ -98,7 +94,7 @@ class TranscribeOptions:
     ``scorer_params`` holds their params, e.g. ``{"ngram": {"path": "lm.arpa", "unit": "word"}}``,
     ``{"coverage": {"threshold": 0.5}}``, ``{"hotwords": {"phrases_file": "names.txt"}}``;
     ``lm`` and ``hotwords`` are shortcuts for ``scorer_params["lm"]["path"]`` and
-    ``scorer_params["hotwords"]["phrases"]``. ``end_margin`` ``math.inf`` turns end detection off.
+    ``scorer_params["hotwords"]["phrases"]``. ``end_margin`` None (or ``math.inf``) turns end detection off.
     ``precision`` "bf16" runs the encoder under bf16 autocast (see ``DecodeConfig.precision``).
 
     Long audio: segments are at most ``max_segment_s`` seconds; pauses of
@@ -107,19 +103,20 @@ class TranscribeOptions:
     each segment's attention weights (for plots).
     """
 
-    beam_size: int = 10
-    scorers: Mapping[str, float] = field(default_factory=lambda: {"decoder": 1.0})
+    # the search fields take their defaults from DecodeConfig, their one home
+    beam_size: int = DecodeConfig.beam_size
+    scorers: Mapping[str, float] = field(default_factory=lambda: dict(DecodeConfig().scorers))
     scorer_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     lm: str | None = None
     hotwords: tuple[str, ...] = ()
-    max_length_ratio: float = 1.0
-    min_length_ratio: float = 0.0
-    length_normalize: bool = False
-    end_margin: float = 10.0
-    pre_beam_ratio: float = 1.5
-    eos_threshold: float | None = None
-    batch_seconds: float = 600.0
-    precision: str = "fp32"
+    max_length_ratio: float = DecodeConfig.max_length_ratio
+    min_length_ratio: float = DecodeConfig.min_length_ratio
+    length_normalize: bool = DecodeConfig.length_normalize
+    end_margin: float | None = DecodeConfig.end_margin
+    pre_beam_ratio: float = DecodeConfig.pre_beam_ratio
+    eos_threshold: float | None = DecodeConfig.eos_threshold
+    batch_seconds: float = DecodeConfig.batch_seconds
+    precision: str = DecodeConfig.precision
     max_segment_s: float = MAX_SEGMENT_S
     min_pause_s: float = MIN_PAUSE_S
     word_timestamps: bool | None = None
@@ -130,6 +127,7 @@ class TranscribeOptions:
         object.__setattr__(self, "scorer_params", {str(k): dict(v) for k, v in self.scorer_params.items()})
         hotwords = (self.hotwords,) if isinstance(self.hotwords, str) else tuple(self.hotwords)  # one phrase, not letters
         object.__setattr__(self, "hotwords", hotwords)
+        object.__setattr__(self, "end_margin", end_margin_or_none(self.end_margin))
         if not self.batch_seconds > 0:
             raise ConfigError(f"batch_seconds must be positive, got {self.batch_seconds}")
         self.search_options()
@@ -146,7 +144,7 @@ class TranscribeOptions:
             beam_size=decode.beam_size, scorers=decode.scorers, scorer_params=decode.scorer_params,
             max_length_ratio=decode.max_length_ratio, min_length_ratio=decode.min_length_ratio,
             length_normalize=decode.length_normalize,
-            end_margin=math.inf if decode.end_margin is None else decode.end_margin,
+            end_margin=decode.end_margin,
             pre_beam_ratio=decode.pre_beam_ratio, eos_threshold=decode.eos_threshold,
             batch_seconds=decode.batch_seconds, precision=decode.precision,
         )
@@ -162,19 +160,14 @@ class TranscribeOptions:
             beam_size=self.beam_size, scorers=dict(self.scorers), scorer_params=params,
             max_length_ratio=self.max_length_ratio, min_length_ratio=self.min_length_ratio,
             length_normalize=self.length_normalize, nbest=1,
-            end_margin=None if math.isinf(self.end_margin) else self.end_margin,
+            end_margin=self.end_margin,
             pre_beam_ratio=self.pre_beam_ratio, eos_threshold=self.eos_threshold,
             batch_seconds=self.batch_seconds, precision=self.precision,
         )
 
     def search_options(self) -> SearchOptions:
         """Checks the search fields (raises ConfigError)."""
-        return SearchOptions(
-            beam_size=self.beam_size, weights=self.scorers, max_length_ratio=self.max_length_ratio,
-            min_length_ratio=self.min_length_ratio, length_normalize=self.length_normalize,
-            end_margin=None if math.isinf(self.end_margin) else self.end_margin, pre_beam_ratio=self.pre_beam_ratio,
-            eos_threshold=self.eos_threshold,
-        )
+        return SearchOptions.from_decode(self.decode_config())
 
     def vad_options(self) -> VadOptions:
         return VadOptions(max_segment_s=self.max_segment_s, min_pause_s=self.min_pause_s,
@@ -206,7 +199,6 @@ class TranscribeOptions:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["hotwords"] = list(self.hotwords)
-        out["end_margin"] = None if math.isinf(self.end_margin) else self.end_margin
         return out
 
 
@@ -528,7 +520,7 @@ def _input_blocks(item: AudioInput) -> Iterable[np.ndarray]:
     if isinstance(item.audio, bytes):
         return [load_audio(item.audio)]
     if isinstance(item.audio, (np.ndarray, torch.Tensor)):
-        return [_array_to_mono16k(item.audio, item.sample_rate, item.name)]
+        return [array_to_mono(item.audio, item.sample_rate, item.name)]
     return stream_audio(item.audio)
 
 
@@ -554,44 +546,6 @@ def _read_ahead(inputs: Iterable[Any], workers: int) -> Iterator[tuple[Any, Audi
             yield pending.popleft()
 
 
-def _array_to_mono16k(samples: np.ndarray | torch.Tensor, sample_rate: int | None, name: str) -> np.ndarray:
-    """``(S,)`` or ``(S, C)`` samples at ``sample_rate`` as ``(S',)`` float32 at 16 kHz."""
-    if sample_rate is None:
-        raise ConfigError(f"{name}: give the sample rate of an array, e.g. transcribe(samples, sample_rate=16000)")
-    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-        raise ConfigError(f"{name}: sample_rate must be a positive integer, got {sample_rate!r}")
-    x = samples.detach().cpu().numpy() if isinstance(samples, torch.Tensor) else np.asarray(samples)
-    if np.issubdtype(x.dtype, np.integer):
-        x = x.astype(np.float32) / float(-np.iinfo(x.dtype).min if np.issubdtype(x.dtype, np.signedinteger) else np.iinfo(x.dtype).max)
-    if x.ndim == 2:
-        if x.shape[1] > MAX_CHANNELS:
-            raise AudioLoadError(f"{name}: expected samples (S,) or (S, channels), got shape {x.shape}; transpose it?")
-        x = x.mean(axis=1)
-    elif x.ndim != 1:
-        raise AudioLoadError(f"{name}: expected samples (S,) or (S, channels), got shape {x.shape}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.all(np.isfinite(x)):
-        raise AudioLoadError(f"{name}: audio holds NaN or infinite samples")
-    if len(x) / sample_rate < MIN_DURATION_S:
-        raise AudioLoadError(f"{name}: audio is {len(x) / sample_rate * 1000:.0f} ms long; at least {MIN_DURATION_S * 1000:.0f} ms is needed")
-    if sample_rate != SAMPLE_RATE_HZ:
-        import soxr  # librosa's resampler, as load_audio's "soxr_hq"
-
-        x = soxr.resample(x, int(sample_rate), SAMPLE_RATE_HZ, quality="HQ").astype(np.float32)
-    return x
-
-
-def model_id_of(path: str | os.PathLike) -> str:
-    """``NAME@sha256:HEX`` of a model package: its folder (and parent) name and a digest of its weights."""
-    path = Path(path).resolve()
-    digest = hashlib.sha256()
-    with open(path / "model.safetensors", "rb") as weights:
-        for chunk in iter(lambda: weights.read(1 << 20), b""):
-            digest.update(chunk)
-    name = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
-    return f"{name}@sha256:{digest.hexdigest()[:16]}"
-
-
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", disable_plugins: Sequence[str] = (),
                registry: Registry | None = None) -> Transcriber:
     """Load a model package as a :class:`Transcriber` whose default options are the package's decode config.
@@ -599,7 +553,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", disa
     :param disable_plugins: plugin entry points not to load (as ``--disable-plugin``).
     :raises ModelPackageError: naming the missing, corrupt or mismatched file.
     """
-    from asr_s2s.package import load_package
+    from asr_s2s.package import load_package, model_id_of
     from asr_s2s.plugins import get_plugin_manager
 
     if registry is None:

@@ -11,7 +11,8 @@ import torch
 from asr_s2s.average import AverageError, average_state_dicts, epoch_checkpoints, select_epochs
 from asr_s2s.dataset import SpeechDataset
 from asr_s2s.package import load_package, save_package
-from asr_s2s.trainer import LOG_FILE, Trainer
+from asr_s2s.experiment import LOG_FILE
+from asr_s2s.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

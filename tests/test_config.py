@@ -14,7 +14,6 @@ from asr_s2s.config import (
     TrainConfig,
     from_dict,
     load_config,
-    replace_decode,
     to_dict,
 )
 from asr_s2s.errors import ConfigError
@@ -126,12 +125,6 @@ def test_to_dict_round_trip(tiny_config):
     assert from_dict(ExperimentConfig, to_dict(tiny_config)) == tiny_config
     default = ExperimentConfig()
     assert from_dict(ExperimentConfig, to_dict(default)) == default
-
-
-def test_replace_decode_keeps_the_rest(tiny_config):
-    changed = replace_decode(tiny_config, beam_size=1)
-    assert changed.decode.beam_size == 1 and changed.decode.scorers == tiny_config.decode.scorers
-    assert changed.model == tiny_config.model and changed.train == tiny_config.train
 
 
 def test_configs_are_frozen():

@@ -124,13 +124,6 @@ def test_batched_equals_one_utterance_at_a_time(model, registry, encoded):
             assert x.scores["ctc"] == pytest.approx(y.scores["ctc"], abs=1e-4)
 
 
-def test_zero_weight_changes_nothing(model, registry, encoded):
-    states, lengths = encoded
-    plain = make_search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3)(states, lengths)
-    zero = make_search(model, registry, {"decoder": 1.0, "ctc": 0.0}, beam_size=3, nbest=3)(states, lengths)
-    assert [[(h.tokens, h.score) for h in n] for n in plain] == [[(h.tokens, h.score) for h in n] for n in zero]
-
-
 def test_ctc_alone_scores_the_whole_vocabulary(trained_model, registry, fixture_batch):
     """With no full scorer there is no pre-beam: CTC scores every token, and a
     finished hypothesis's score is its CTC log-probability."""

@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 
 from asr_s2s import distributed
 from asr_s2s.manifest import write_manifest
-from asr_s2s.trainer import LOG_FILE, Trainer
+from asr_s2s.experiment import LOG_FILE
+from asr_s2s.trainer import Trainer
 from conftest import TINY_YAML
 
 WORKER = textwrap.dedent(

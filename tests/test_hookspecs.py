@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from asr_s2s import hookspecs, interfaces
 from asr_s2s.plugins import KINDS, _HOOK_OF_KIND
 
 HOOKS = [name for name, fn in vars(hookspecs).items() if name.startswith("asr_s2s_") and callable(fn)]
+SHAPELESS = {"from_model"}  # builds a component; documented on the component
+NO_TENSORS = {"init_from_language_model"}  # methods that take and return no tensor
 
 
 def test_there_is_one_hook_per_component_kind():
@@ -41,11 +44,15 @@ def test_every_hook_is_named_in_the_tests(hook):
     "cls", [interfaces.Encoder, interfaces.Decoder, interfaces.LanguageModel, interfaces.Scorer, interfaces.Augmentation]
 )
 def test_interface_methods_document_shapes(cls):
+    """Every public method documents the shapes of the tensors it takes or returns, e.g. ``(N, V)``."""
+    shape = re.compile(r"``\([A-Z][^`]*\)``|\(([A-Z]'?|N / beam|\d)(, [^)]*)?\)")
     for name, member in vars(cls).items():
-        if name.startswith("_") or not callable(member) or name == "from_model":
+        if name.startswith("_") or not callable(member) or name in SHAPELESS:
             continue
         doc = inspect.getdoc(member) or ""
         assert doc, f"{cls.__name__}.{name} has no docstring"
+        if name not in NO_TENSORS:
+            assert shape.search(doc), f"{cls.__name__}.{name}: its docstring names no tensor shape such as (N, V)"
 
 
 def test_scorer_defaults(random_model):

@@ -204,14 +204,6 @@ def test_empty_phrase_list_changes_nothing(model, registry, encoded):
         assert all(h.scores["hotwords"] == 0 for h in b)
 
 
-def test_zero_weight_changes_nothing(model, registry, encoded):
-    states, lengths = encoded
-    alone = make_search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3)(states, lengths)
-    weights = {"decoder": 1.0, "hotwords": 0.0}
-    zero = make_search(model, registry, weights, {"hotwords": {"phrases": ["THE", "CAT"]}}, beam_size=3, nbest=3)(states, lengths)
-    assert zero == alone  # tokens, scores and per-scorer shares identical
-
-
 def test_search_shares_count_phrase_characters(trained_model, registry, fixture_batch):
     """In the real search, every hypothesis's hotwords share is the characters its phrases cover,
     and its score the weighted sum of the shares."""

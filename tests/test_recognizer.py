@@ -7,10 +7,12 @@ import dataclasses
 import numpy as np
 import torch
 import pytest
+from torch.nn.utils.rnn import pad_sequence
 
 from asr_s2s.audio import load_audio
 from asr_s2s.config import DecodeConfig
 from asr_s2s.errors import ConfigError, PluginError
+from asr_s2s.features import fbank
 from asr_s2s.recognizer import Recognizer, build_scorers
 from asr_s2s.tokenizer import normalize_text
 
@@ -49,14 +51,23 @@ def test_greedy_and_beam_one_paths_agree(request, registry, fixture_batch, model
         assert np.allclose(g.attention.sum(-1), 1.0, atol=1e-5)
 
 
+def _decode_waves(recognizer, waves):
+    """Decode 16 kHz waveforms ``(S,)``, given as ``(id, samples)``, as one padded batch."""
+    if not waves:
+        return []
+    feats = [fbank(w) for _, w in waves]
+    lengths = torch.tensor([f.shape[0] for f in feats])
+    return recognizer.decode_features(pad_sequence(feats, batch_first=True), lengths, [i for i, _ in waves])
+
+
 @pytest.mark.parametrize("beam_size", [1, 3])
 def test_waveforms_decode_the_same_alone_and_together(trained_model, registry, fixture_utterances, beam_size):
     recognizer = _recognizer(trained_model, registry, beam_size=beam_size, nbest=beam_size)
     waves = [(u.id, load_audio(u.audio)) for u in fixture_utterances]
-    together = recognizer.decode_waveforms(waves)
+    together = _decode_waves(recognizer, waves)
     assert [r.id for r in together] == [u.id for u in fixture_utterances]
     for wave, result in zip(waves, together):
-        (alone,) = recognizer.decode_waveforms([wave])
+        (alone,) = _decode_waves(recognizer, [wave])
         assert alone.text == result.text
         assert [h.tokens for h in alone.hypotheses] == [h.tokens for h in result.hypotheses]
         for a, b in zip(alone.hypotheses, result.hypotheses):
@@ -77,13 +88,13 @@ def test_decode_utterances_keeps_manifest_order_and_reports_failures(trained_mod
 
 
 def test_empty_waveform_list(random_model, registry):
-    assert _recognizer(random_model, registry).decode_waveforms([]) == []
+    assert _decode_waves(_recognizer(random_model, registry), []) == []
 
 
 @pytest.mark.parametrize("beam_size", [1, 4])
 def test_all_silence_decodes_without_error(trained_model, registry, beam_size):
     """Digital silence is not an error: it decodes to some (usually empty) text of vocabulary characters."""
-    (result,) = _recognizer(trained_model, registry, beam_size=beam_size).decode_waveforms([("silence", np.zeros(32_000, np.float32))])
+    (result,) = _decode_waves(_recognizer(trained_model, registry, beam_size=beam_size), [("silence", np.zeros(32_000, np.float32))])
     assert result.error is None and set(result.text) <= set(" 'ABCDEFGHIJKLMNOPQRSTUVWXYZ")
     print(f"silence -> {result.text!r}")
 

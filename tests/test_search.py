@@ -61,12 +61,16 @@ def test_batched_beam_search_equals_one_utterance_at_a_time(model, registry, enc
         _assert_same_hyps(batched[b], alone)
 
 
-def test_zero_weight_length_bonus_changes_nothing(model, registry, encoded):
+@pytest.mark.parametrize(("scorer", "params"), [
+    ("length_bonus", {}), ("coverage", {}), ("ctc", {}), ("hotwords", {"phrases": ["THE", "CAT"]}),
+])
+def test_a_zero_weight_scorer_changes_nothing(model, registry, encoded, scorer, params):
+    """Weight 0 means off: tokens, scores and per-scorer shares are those of the decoder alone."""
     states, lengths = encoded
     without = make_search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3)(states, lengths)
-    with_zero = make_search(model, registry, {"decoder": 1.0, "length_bonus": 0.0}, beam_size=3, nbest=3)(states, lengths)
-    for a, b in zip(without, with_zero):
-        assert a == b  # tokens, scores and per-scorer shares identical
+    weights = {"decoder": 1.0, scorer: 0.0}
+    with_zero = make_search(model, registry, weights, {scorer: params} if params else None, beam_size=3, nbest=3)(states, lengths)
+    assert with_zero == without
 
 
 def test_utterance_decodes_the_same_alone_and_in_a_padded_batch(model, registry, fixture_batch):
@@ -244,13 +248,6 @@ def test_coverage_share_counts_covered_frames(model, registry, encoded):
             covered = int((attention[0].sum(0) > 0.5).sum())
             assert hyp.scores["coverage"] == pytest.approx(covered)
             assert hyp.score == pytest.approx(hyp.scores["decoder"] + 0.3 * covered, abs=1e-5)
-
-
-def test_zero_weight_coverage_changes_nothing(model, registry, encoded):
-    states, lengths = encoded
-    plain = make_search(model, registry, {"decoder": 1.0}, beam_size=3, nbest=3)(states, lengths)
-    zero = make_search(model, registry, {"decoder": 1.0, "coverage": 0.0}, beam_size=3, nbest=3)(states, lengths)
-    assert plain == zero
 
 
 # -- compaction: finished utterances leave the batch ----------------------------------------------

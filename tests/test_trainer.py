@@ -15,7 +15,8 @@ import torch
 from asr_s2s.config import TrainConfig
 from asr_s2s.dataset import SpeechDataset
 from asr_s2s.features import SpecAugmentConfig
-from asr_s2s.trainer import LOG_FILE, Trainer, count_ctc_infeasible, seed_everything, warmup_cosine
+from asr_s2s.experiment import LOG_FILE, seed_everything, warmup_cosine
+from asr_s2s.trainer import Trainer, count_ctc_infeasible
 
 # Dropout and SpecAugment on, so that an exact resume needs the RNG states restored too.
 MODEL_CHANGES = dict(
@@ -497,3 +498,15 @@ def test_early_stopping_ends_training_and_survives_resume(make_model, train_conf
     again_results = again.fit(resume=True)
     assert [r.epoch for r in again_results] == [2]
     assert [h["epoch"] for h in again.history] == [1, 2] and again.best_epoch() == 1
+
+
+def test_epoch_totals_load_by_name_and_from_older_checkpoints_by_position():
+    from dataclasses import asdict
+
+    from asr_s2s.trainer import EpochTotals
+
+    totals = EpochTotals(loss_sum=12.5, batches=4, audio_s=80.25, skipped=1, failed=2, oom=0)
+    assert EpochTotals.restore(asdict(totals)) == totals
+    assert EpochTotals.restore([12.5, 4, 80.25, 1, 2, 0]) == totals  # the 6-tuple older checkpoints hold
+    assert EpochTotals.restore({}) == EpochTotals() == EpochTotals.restore(())
+    assert EpochTotals.summed([totals, totals]) == EpochTotals(25.0, 8, 160.5, 2, 4, 0)
