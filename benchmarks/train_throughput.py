@@ -150,7 +150,7 @@ class PackedBLSTMEncoder(nn.Module):
 
 def encoder_ratio(batch: int, seconds: float, repeats: int) -> tuple[float, float]:
     """Seconds per forward+backward of 3 BLSTM layers: masked/fused vs packed."""
-    from asr_s2s_plugins.blstm import MaskedBLSTM
+    from asr_s2s.layers import MaskedBLSTM
 
     frames = int(seconds * FRAMES_PER_SECOND)
     x = torch.randn(batch, frames, 80)

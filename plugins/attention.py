@@ -8,8 +8,7 @@ from torch import nn
 from asr_s2s.errors import ConfigError
 from asr_s2s.hookspecs import hookimpl
 from asr_s2s.interfaces import Decoder, LanguageModel
-from asr_s2s_plugins.blstm import length_mask
-from asr_s2s_plugins.lstm_lm import LSTMLanguageModel
+from asr_s2s.layers import length_mask
 
 ATTENTION_TYPES = ("location", "content")
 
@@ -262,7 +261,7 @@ class AttentionDecoder(Decoder):
         context keep their initialisation: with a zero context, the decoder
         computes exactly the LM.
         """
-        if not isinstance(lm, LSTMLanguageModel):
+        if getattr(lm, "name", None) != "lstm":  # the built-in LSTM LM, by its registered name
             raise ConfigError(f"the attention decoder starts only from an 'lstm' language model, got {lm.name!r}")
         embed_dim, lm_embed_dim = self.embed.embedding_dim, lm.embed.embedding_dim
         sizes = {

@@ -8,7 +8,7 @@ from torch import nn
 
 from asr_s2s.hookspecs import hookimpl
 from asr_s2s.interfaces import Encoder
-from asr_s2s_plugins.blstm import MaskedBLSTM, length_mask
+from asr_s2s.layers import MaskedBLSTM, length_mask
 
 
 def pyramid_join(x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

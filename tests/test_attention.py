@@ -7,7 +7,7 @@ import torch
 
 import asr_s2s_plugins.attention as attention_module
 from asr_s2s_plugins.attention import Attention, AttentionDecoder
-from asr_s2s_plugins.blstm import length_mask
+from asr_s2s.layers import length_mask
 
 V, D = 12, 10
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from asr_s2s_plugins.blstm import MaskedBLSTM, length_mask, reverse_within_lengths
+from asr_s2s.layers import MaskedBLSTM, length_mask, reverse_within_lengths
 from asr_s2s_plugins.pblstm import PyramidalBLSTMEncoder, pyramid_join
 
 

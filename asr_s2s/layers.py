@@ -1,4 +1,5 @@
-"""A padding-exact bidirectional LSTM that stays on PyTorch's fused LSTM kernel."""
+"""Building blocks for encoder and decoder plugins: length masks and a padding-exact bidirectional LSTM that stays
+on PyTorch's fused LSTM kernel."""
 
 from __future__ import annotations
 
