@@ -26,7 +26,7 @@ from asr_s2s.tokenizer import normalize_text
 
 from conftest import FIXTURE_DIR, TINY_YAML
 
-SUBCOMMANDS = ["plugins", "prepare", "compute-cmvn", "train", "evaluate", "transcribe"]
+SUBCOMMANDS = ["plugins", "prepare", "compute-cmvn", "train", "evaluate", "transcribe", "results"]
 ASR_VERSION = importlib.metadata.version("asr-s2s")
 
 

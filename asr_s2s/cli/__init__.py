@@ -12,6 +12,7 @@ module                    commands
 :mod:`.train`             ``train``
 :mod:`.lm`                ``train-lm``
 :mod:`.average`           ``average``
+:mod:`.results`           ``results`` (a recipe's best weights and tables)
 :mod:`.evaluate`          ``evaluate``
 :mod:`.transcribe`        ``transcribe``
 :mod:`.options`           exit codes, ``--device``/``--threads``, the decode flags and their merge

@@ -212,22 +212,7 @@ fi
 
 # the best swept weights (lowest dev WER + CER) for ctc alone, lm alone, ctc + lm, and ctc + lm + ngram
 best() {  # best ctc|lm|both|all -> "CTC LM NGRAM"
-  python - "$exp_dir" "$1" <<'PY'
-import json, re, sys
-from pathlib import Path
-exp, which = Path(sys.argv[1]), sys.argv[2]
-runs = []
-for path in exp.glob("decode_sweep_ctc*_lm*_ngram*.json"):
-    ctc, lm, ngram = map(float, re.fullmatch(r"decode_sweep_ctc(.+)_lm(.+)_ngram(.+)", path.stem).groups())
-    kind = {(True, False, False): "ctc", (False, True, False): "lm", (True, True, False): "both"}.get(
-        (ctc > 0, lm > 0, ngram > 0), "all" if ctc > 0 and ngram > 0 else None)
-    if kind == which:
-        r = json.loads(path.read_text())
-        runs.append((r["wer"] + r["cer"], ctc, lm, ngram))
-if not runs:
-    sys.exit(f"run.sh: the sweep has no decode for '{which}' (see --ctc-weights, --lm-weights, --ngram-weights)")
-print(*(f"{w:g}" for w in min(runs)[1:]))
-PY
+  asr-s2s results best-weights "$exp_dir" --kind "$1"
 }
 
 if run_stage 8 "$exp_dir/.decode.done" "evaluate test"; then
@@ -240,25 +225,7 @@ if run_stage 8 "$exp_dir/.decode.done" "evaluate test"; then
     evaluate "test_beam_${which}" "$dump/test.jsonl" "${lm_options[@]}"
     echo "$ctc $lm $ngram" > "$exp_dir/decode_test_beam_${which}.weights"
   done
-  python - "$exp_dir" <<'PY'
-import json, sys
-from pathlib import Path
-exp = Path(sys.argv[1])
-rows = ["| set | search | utts | WER % | CER % | sub | del | ins |", "|---|---|---:|---:|---:|---:|---:|---:|"]
-labels = {"test_greedy": "greedy", "test_beam": "beam 10", "test_beam_ctc": "beam 10 + ctc",
-          "test_beam_lm": "beam 10 + lm", "test_beam_both": "beam 10 + ctc + lm",
-          "test_beam_all": "beam 10 + ctc + lm + ngram"}
-for name, search in labels.items():
-    weights = exp / f"decode_{name}.weights"
-    if weights.exists():  # name each scorer's weight, e.g. "beam 10 + ctc 0.3 + lm 0.2 + ngram 0.8"
-        ctc, lm, ngram = weights.read_text().split()
-        search = "beam 10" + "".join(f" + {k} {w}" for k, w in (("ctc", ctc), ("lm", lm), ("ngram", ngram)) if float(w) > 0)
-    r = json.loads((exp / f"decode_{name}.json").read_text())
-    rows.append(f"| test | {search} | {r['utterances']} | {r['wer']:.2f} | {r['cer']:.2f} | "
-                f"{r['substitutions']} | {r['deletions']} | {r['insertions']} |")
-(exp / "results_test.md").write_text("\n".join(rows) + "\n")
-print("\n".join(rows))
-PY
+  asr-s2s results test-table "$exp_dir"  # writes results_test.md
   cat "$exp_dir"/results_{test,conditions}.md > "$exp_dir/RESULTS.md" 2>/dev/null || true
   touch "$exp_dir/.decode.done"
 fi
@@ -278,32 +245,8 @@ if run_stage 9 "$exp_dir/.conditions.done" "evaluate the test conditions and the
   for set in "${framing[@]}"; do
     evaluate "cond_${set}_best" "$dump/test_$set/manifest.jsonl" "${lm_options[@]}"
   done
-  python - "$exp_dir" "$ctc" "$lm" "$ngram" "${sets[*]}" "${framing[*]}" <<'PY'
-import json, sys
-from pathlib import Path
-exp, ctc, lm, ngram, sets, framing = Path(sys.argv[1]), *sys.argv[2:5], sys.argv[5].split(), sys.argv[6].split()
-best = "beam 10" + "".join(f" + {k} {w}" for k, w in (("ctc", ctc), ("lm", lm), ("ngram", ngram)) if float(w) > 0)
-names = {"tight": "tight (cut at the speech)", "noisy": "noisy (10 dB)", "reverb": "reverberant (RT60 0.3-0.8 s)",
-         "codec": "codec (MP3, 16 kbit/s)", "unseen_tts": "unseen synthesiser (festival)"}
-def result(name):
-    return json.loads((exp / f"decode_{name}.json").read_text())
-def cell(r):
-    return f"{r['wer']:.2f} / {r['cer']:.2f}"
-rows = ["", f"| condition (test) | utts | greedy WER / CER % | {best}: WER / CER % |", "|---|---:|---|---|",
-        f"| clean | {result('test_greedy')['utterances']} | {cell(result('test_greedy'))} | {cell(result('test_beam_all'))} |"]
-for s in sets:
-    rows.append(f"| {names.get(s, s)} | {result(f'cond_{s}_best')['utterances']} | {cell(result(f'cond_{s}_greedy'))} | "
-                f"{cell(result(f'cond_{s}_best'))} |")
-framed = [(s, result(f"cond_{s}_best")) for s in framing]
-spread = max(r["wer"] for _, r in framed) - min(r["wer"] for _, r in framed)
-rows += ["", f"Framing check ({best}; the test files cut at the speech, then this much leading and 0.15 s of "
-         "trailing silence):", "", "| leading silence | WER % | CER % |", "|---|---:|---:|"]
-rows += [f"| {s.removeprefix('lead')} s | {r['wer']:.2f} | {r['cer']:.2f} |" for s, r in framed]
-verdict = "within" if spread <= 1.0 else "NOT within"
-rows += ["", f"WER spread {spread:.2f} points: {verdict} 1 point."]
-(exp / "results_conditions.md").write_text("\n".join(rows) + "\n")
-print("\n".join(rows))
-PY
+  asr-s2s results conditions-table "$exp_dir" --weights "$ctc $lm $ngram" --sets "${sets[*]}" \
+    --framing "${framing[*]}"  # writes results_conditions.md
   cat "$exp_dir"/results_{test,conditions}.md > "$exp_dir/RESULTS.md" 2>/dev/null || true
   touch "$exp_dir/.conditions.done"
 fi
