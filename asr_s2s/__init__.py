@@ -9,12 +9,12 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_model": "asr_s2s.transcriber",
     "Transcriber": "asr_s2s.transcriber",
-    "TranscribeOptions": "asr_s2s.transcriber",
-    "Transcription": "asr_s2s.transcriber",
-    "Segment": "asr_s2s.transcriber",
-    "Word": "asr_s2s.transcriber",
-    "AudioInput": "asr_s2s.transcriber",
-    "FileResult": "asr_s2s.transcriber",
+    "TranscribeOptions": "asr_s2s.transcription",
+    "Transcription": "asr_s2s.transcription",
+    "Segment": "asr_s2s.transcription",
+    "Word": "asr_s2s.transcription",
+    "AudioInput": "asr_s2s.transcription",
+    "FileResult": "asr_s2s.transcription",
 }
 
 __all__ = ["__version__", *_LAZY]
