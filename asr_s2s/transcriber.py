@@ -176,7 +176,7 @@ class Transcriber:
             file = _File(item, source)
             files.append(file)
             try:
-                blocks = self._blocks(file) if read_ahead is None else self._counted(file, read_ahead.result())
+                blocks = self._counted(file, _input_blocks(item) if read_ahead is None else read_ahead.result())
                 for segment in stream_segments(blocks, vad):
                     longest = max([len(segment.samples), *(len(p.segment.samples) for p in batch)])
                     if batch and longest * (len(batch) + 1) > limit:
@@ -209,10 +209,6 @@ class Transcriber:
         if options.word_timestamps and self.model.ctc is None:
             raise ConfigError("word timestamps need a CTC head, and this model has none (model.ctc_weight is 0)")
         return options.word_timestamps is not False and self.model.ctc is not None
-
-    def _blocks(self, file: _File) -> Iterator[np.ndarray]:
-        """16 kHz mono blocks of an input, counted into ``file.samples``."""
-        yield from self._counted(file, _input_blocks(file.input))
 
     @staticmethod
     def _counted(file: _File, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -256,11 +252,12 @@ class Transcriber:
         attention = None
         if keep_attention:
             attention = result.attention if result.attention is not None else self._attention(states, tokens)
-        why = output_warning(tok.decode(tokens), end - start, ended=hyp is not None)
+        text = " ".join(tok.decode(tokens).split())
+        why = output_warning(text, end - start, ended=hyp is not None)
         if why is not None:
             log.warning("%s: segment %.2f-%.2f s: %s", piece.file.input.name, start, end, why)
         return Segment(
-            piece.index, start, end, " ".join(tok.decode(tokens).split()), float(hyp.score) if hyp else 0.0,
+            piece.index, start, end, text, float(hyp.score) if hyp else 0.0,
             dict(hyp.scores) if hyp else {}, words, attention,
         )
 
