@@ -119,7 +119,10 @@ def test_entry_points_are_declared_like_a_third_party_package():
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["asr_s2s"]
     installed = {ep.name: ep.value for ep in importlib.metadata.distribution("asr-s2s").entry_points if ep.group == "asr_s2s"}
     assert installed == declared
-    with_hooks = {p.stem for p in (REPO / "plugins").glob("*.py") if "@hookimpl" in p.read_text()}
+    plugins = REPO / "plugins"  # modules, and packages such as ngram/ whose __init__.py holds the hooks
+    modules = {p.stem: p for p in plugins.glob("*.py")} | {p.parent.name: p for p in plugins.glob("*/__init__.py")}
+    with_hooks = {name for name, p in modules.items() if "@hookimpl" in p.read_text()}
+    assert not [p for p in plugins.glob("*/*.py") if p.name != "__init__.py" and "@hookimpl" in p.read_text()]
     assert {value.removeprefix("asr_s2s_plugins.") for value in declared.values()} == with_hooks
 
 
