@@ -13,12 +13,16 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from asr_s2s.errors import ConfigError, did_you_mean
 from asr_s2s.features import NUM_MEL_BINS, SpecAugmentConfig
+
+if TYPE_CHECKING:
+    from asr_s2s.search import SearchOptions
 
 
 PRECISIONS = ("bf16", "fp32")  # train.precision, decode.precision
@@ -105,13 +109,65 @@ class DecodeConfig:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "scorers", {str(k): float(v) for k, v in self.scorers.items()})
+        object.__setattr__(self, "scorer_params", {str(k): dict(v) for k, v in self.scorer_params.items()})
+        # end detection off: None here, also when given as inf (as the command line's --end-margin inf)
+        end_margin = self.end_margin
+        object.__setattr__(self, "end_margin", None if end_margin is None or math.isinf(end_margin) else end_margin)
         check_precision(self.precision, "decode.precision")
-        object.__setattr__(self, "end_margin", end_margin_or_none(self.end_margin))
+        if not self.batch_seconds > 0:
+            raise ConfigError(f"batch_seconds must be positive, got {self.batch_seconds}")
+        check_scorer_params(self.scorers, self.scorer_params)
+        self.search_options()  # checks the search fields
+
+    def search_options(self) -> SearchOptions:
+        """The search part: the one conversion, for every caller. :raises ConfigError: for a bad value."""
+        from asr_s2s.search import SearchOptions
+
+        return SearchOptions(
+            beam_size=self.beam_size, weights=dict(self.scorers), max_length_ratio=self.max_length_ratio,
+            min_length_ratio=self.min_length_ratio, length_normalize=self.length_normalize, nbest=self.nbest,
+            end_margin=self.end_margin, pre_beam_ratio=self.pre_beam_ratio, eos_threshold=self.eos_threshold,
+        )
+
+    def with_overrides(self, *, lm: str | None = None, hotwords: Sequence[str] | str | None = None,
+                       **changes: Any) -> DecodeConfig:
+        """This config with each given option that is not None replaced: the one merge of decode options.
+
+        ``scorers`` and ``scorer_params`` are merged into this config's (a weight of 0
+        turns a scorer off). ``lm`` (a package path) and ``hotwords`` (one phrase or
+        several) are shortcuts for ``scorer_params["lm"]["path"]`` and
+        ``scorer_params["hotwords"]["phrases"]``.
+
+        :raises ConfigError: for an unknown option (naming the closest one) or a bad value.
+        """
+        names = [f.name for f in dataclasses.fields(self)]
+        for name in changes:
+            if name not in names:
+                known = [*names, "lm", "hotwords"]
+                raise ConfigError(f"unknown decode option {name!r}.{did_you_mean(name, known)} Options: {', '.join(known)}")
+        changes = {name: value for name, value in changes.items() if value is not None}
+        params = {name: dict(p) for name, p in self.scorer_params.items()}
+        for name, extra in changes.get("scorer_params", {}).items():
+            params.setdefault(name, {}).update(extra)
+        if lm:
+            params.setdefault("lm", {})["path"] = str(lm)
+        if hotwords:
+            params.setdefault("hotwords", {})["phrases"] = [hotwords] if isinstance(hotwords, str) else list(hotwords)
+        changes["scorers"] = {**self.scorers, **changes.get("scorers", {})}
+        changes["scorer_params"] = params
+        return dataclasses.replace(self, **changes)
 
 
-def end_margin_or_none(value: float | None) -> float | None:
-    """An end-detection margin, with ``inf`` (as the command line's ``--end-margin inf`` gives it) as None: off."""
-    return None if value is None or math.isinf(value) else value
+def check_scorer_params(weights: Mapping[str, float], params: Mapping[str, Mapping[str, Any]]) -> None:
+    """Raise ConfigError for params of a scorer without a weight (an explicit weight of 0 keeps one off)."""
+    for name, given in params.items():
+        if name not in weights:
+            raise ConfigError(
+                f"scorer {name!r} has params but no weight: give it one (--scorer {name}=WEIGHT on the command line, "
+                f"scorers={{{name!r}: WEIGHT}} in Python, decode.scorers.{name} in a config), or drop its params "
+                f"({', '.join(given) or 'none'})"
+            )
 
 
 def check_precision(value: str, where: str) -> None:

@@ -11,14 +11,13 @@ import numpy as np
 import torch
 from asr_s2s.progress import progress_bar
 
-from asr_s2s.config import DecodeConfig
+from asr_s2s.config import DecodeConfig, check_scorer_params
 from asr_s2s.dataset import Batch, SpeechDataset, make_loader
-from asr_s2s.errors import ConfigError
 from asr_s2s.interfaces import Scorer
 from asr_s2s.manifest import Utterance
 from asr_s2s.model import ASRModel
 from asr_s2s.plugins import Registry
-from asr_s2s.search import BeamSearch, Hypothesis, SearchOptions, greedy_search
+from asr_s2s.search import BeamSearch, Hypothesis, greedy_search
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +57,7 @@ def build_scorers(model: ASRModel, registry: Registry, weights: Mapping[str, flo
 
     :raises PluginError: for an unknown scorer name. :raises ConfigError: for params of an unused scorer.
     """
-    for name in params:
-        if name not in weights:
-            raise ConfigError(f"decode.scorer_params: {name!r} has params but no weight in decode.scorers")
+    check_scorer_params(weights, params)
     scorers = {}
     for name, weight in weights.items():
         registry.get("scorer", name)  # unknown names fail even at weight 0
@@ -76,7 +73,7 @@ class Recognizer:
         self.model = model.to(device).eval()
         self.decode = decode
         self.device = torch.device(device)
-        self.options = SearchOptions.from_decode(decode)
+        self.options = decode.search_options()
         active = {n for n, w in decode.scorers.items() if w > 0}
         self.greedy = decode.beam_size == 1 and active == {"decoder"} and decode.min_length_ratio == 0
         scorers = build_scorers(model, registry, decode.scorers, decode.scorer_params)

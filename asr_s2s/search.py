@@ -34,7 +34,8 @@ class Hypothesis:
 @dataclass(frozen=True)
 class SearchOptions:
     """Beam search options; ``weights`` maps scorer names to weights. The defaults are
-    :class:`~asr_s2s.config.DecodeConfig`'s, where each option is documented."""
+    :class:`~asr_s2s.config.DecodeConfig`'s, where each option is documented, and
+    :meth:`DecodeConfig.search_options() <asr_s2s.config.DecodeConfig.search_options>` makes them from a config."""
 
     beam_size: int = DecodeConfig.beam_size
     weights: Mapping[str, float] = field(default_factory=lambda: dict(DecodeConfig().scorers))
@@ -45,15 +46,6 @@ class SearchOptions:
     end_margin: float | None = DecodeConfig.end_margin  # end detection; None runs until K hypotheses end
     pre_beam_ratio: float = DecodeConfig.pre_beam_ratio  # partial scorers see the best ceil(ratio * K) tokens
     eos_threshold: float | None = DecodeConfig.eos_threshold  # <eos> only where the decoder finds it likely
-
-    @classmethod
-    def from_decode(cls, decode: DecodeConfig) -> SearchOptions:
-        """The search part of a decode config: the one conversion, for every caller."""
-        return cls(
-            beam_size=decode.beam_size, weights=dict(decode.scorers), max_length_ratio=decode.max_length_ratio,
-            min_length_ratio=decode.min_length_ratio, length_normalize=decode.length_normalize, nbest=decode.nbest,
-            end_margin=decode.end_margin, pre_beam_ratio=decode.pre_beam_ratio, eos_threshold=decode.eos_threshold,
-        )
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:

@@ -122,7 +122,7 @@ class Transcriber:
         :param audio: a path (any format :func:`~asr_s2s.audio.stream_audio` reads), the
             bytes of an audio file, or samples ``(S,)``/``(S, C)`` at ``sample_rate`` Hz.
         :param options: base options (default: this transcriber's, from the package);
-            each keyword below that is not None changes one field of :class:`TranscribeOptions`.
+            each keyword below that is not None changes that option (:meth:`TranscribeOptions.with_overrides`).
             ``scorers`` and ``scorer_params`` are merged into the base ones (weight 0 turns a scorer off).
         :returns: the text, segments and words, and the options used.
         :raises AudioLoadError: for unreadable audio. :raises ConfigError: for bad options.
@@ -168,8 +168,8 @@ class Transcriber:
         options = (options if options is not None else self.options).with_overrides(**overrides)
         recognizer = self._recognizer(options)
         want_words = self._want_words(options)
-        vad = options.vad_options()
-        limit = max(1, int(options.batch_seconds * SAMPLE_RATE_HZ))
+        vad = options.segmentation
+        limit = max(1, int(options.decode.batch_seconds * SAMPLE_RATE_HZ))
         files: deque[_File] = deque()
         batch: list[_Piece] = []
         for source, item, read_ahead in _read_ahead(inputs, num_workers):
@@ -197,7 +197,7 @@ class Transcriber:
 
     # -- steps -----------------------------------------------------------------------
     def _recognizer(self, options: TranscribeOptions) -> Recognizer:
-        decode = options.decode_config()
+        decode = options.decode
         for known, recognizer in self._recognizers:
             if known == decode:
                 return recognizer
@@ -334,5 +334,5 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", disa
     if registry is None:
         registry = Registry(get_plugin_manager(disable=disable_plugins))
     model, config = load_package(path, registry)
-    options = TranscribeOptions.from_decode_config(config.decode)
+    options = TranscribeOptions(decode=config.decode)
     return Transcriber(model, registry, options, model_id=model_id_of(path), device=device)

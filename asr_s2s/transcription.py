@@ -13,10 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from asr_s2s.config import DecodeConfig, check_precision, end_margin_or_none
+from asr_s2s.config import DecodeConfig
 from asr_s2s.errors import AsrS2SError, ConfigError, did_you_mean
-from asr_s2s.search import SearchOptions
-from asr_s2s.vad import MAX_SEGMENT_S, MIN_PAUSE_S, PAD_S, VadOptions
+from asr_s2s.vad import VadOptions
 
 
 # -- results ------------------------------------------------------------------------
@@ -55,121 +54,78 @@ class Segment:
         }
 
 
+# the keywords of transcribe() that are not DecodeConfig fields (nbest is always 1 for transcription)
+_SEGMENTATION_KEYS = ("max_segment_s", "min_pause_s")
+_OWN_KEYS = ("word_timestamps", "attention")
+
+
 @dataclass(frozen=True)
 class TranscribeOptions:
-    """Everything that decides a transcription. :func:`load_model` fills the search fields from the package.
+    """Everything that decides a transcription: the search (``decode``) and the segmentation of long audio.
 
-    Search (see ``DecodeConfig`` and the scorer table in the README):
-    ``scorers`` maps every scorer to its weight (0 or absent: off) and
-    ``scorer_params`` holds their params, e.g. ``{"ngram": {"path": "lm.arpa", "unit": "word"}}``,
-    ``{"coverage": {"threshold": 0.5}}``, ``{"hotwords": {"phrases_file": "names.txt"}}``;
-    ``lm`` and ``hotwords`` are shortcuts for ``scorer_params["lm"]["path"]`` and
-    ``scorer_params["hotwords"]["phrases"]``. ``end_margin`` None (or ``math.inf``) turns end detection off.
-    ``precision`` "bf16" runs the encoder under bf16 autocast (see ``DecodeConfig.precision``).
+    ``decode`` is a :class:`~asr_s2s.config.DecodeConfig` (:func:`load_model` takes the
+    package's): ``scorers`` maps every scorer to its weight (0 or absent: off) and
+    ``scorer_params`` holds their params, e.g. ``{"ngram": {"path": "lm.arpa", "unit": "word"}}``;
+    transcription keeps one hypothesis, so its ``nbest`` is 1.
 
-    Long audio: segments are at most ``max_segment_s`` seconds; pauses of
-    ``min_pause_s`` separate them. ``word_timestamps``: None for "when the model
-    has a CTC head", True to require them, False for none. ``attention`` keeps
-    each segment's attention weights (for plots).
+    ``segmentation`` (:class:`~asr_s2s.vad.VadOptions`): segments are at most
+    ``max_segment_s`` seconds; pauses of ``min_pause_s`` separate them.
+    ``word_timestamps``: None for "when the model has a CTC head", True to
+    require them, False for none. ``attention`` keeps each segment's attention
+    weights (for plots).
+
+    :meth:`with_overrides` takes every option by its own name (``beam_size=4``,
+    ``min_pause_s=0.5``, ``lm=DIR``, ``hotwords=[...]``): the keywords of
+    :meth:`Transcriber.transcribe <asr_s2s.transcriber.Transcriber.transcribe>`.
     """
 
-    # the search fields take their defaults from DecodeConfig, their one home
-    beam_size: int = DecodeConfig.beam_size
-    scorers: Mapping[str, float] = field(default_factory=lambda: dict(DecodeConfig().scorers))
-    scorer_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    lm: str | None = None
-    hotwords: tuple[str, ...] = ()
-    max_length_ratio: float = DecodeConfig.max_length_ratio
-    min_length_ratio: float = DecodeConfig.min_length_ratio
-    length_normalize: bool = DecodeConfig.length_normalize
-    end_margin: float | None = DecodeConfig.end_margin
-    pre_beam_ratio: float = DecodeConfig.pre_beam_ratio
-    eos_threshold: float | None = DecodeConfig.eos_threshold
-    batch_seconds: float = DecodeConfig.batch_seconds
-    precision: str = DecodeConfig.precision
-    max_segment_s: float = MAX_SEGMENT_S
-    min_pause_s: float = MIN_PAUSE_S
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    segmentation: VadOptions = field(default_factory=VadOptions)
     word_timestamps: bool | None = None
     attention: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scorers", {str(k): float(v) for k, v in self.scorers.items()})
-        object.__setattr__(self, "scorer_params", {str(k): dict(v) for k, v in self.scorer_params.items()})
-        hotwords = (self.hotwords,) if isinstance(self.hotwords, str) else tuple(self.hotwords)  # one phrase, not letters
-        object.__setattr__(self, "hotwords", hotwords)
-        object.__setattr__(self, "end_margin", end_margin_or_none(self.end_margin))
-        if not self.batch_seconds > 0:
-            raise ConfigError(f"batch_seconds must be positive, got {self.batch_seconds}")
-        self.search_options()
-        check_precision(self.precision, "precision")
-        self.vad_options()
-        for name, flag in (("lm", self.lm), ("hotwords", self.hotwords)):
-            if flag and name not in self.scorers:  # an explicit weight of 0 turns the scorer off, as in evaluate
-                raise ConfigError(f"{name!r} is set but the {name!r} scorer has no weight: give scorers={{{name!r}: WEIGHT}}")
+        if self.decode.nbest != 1:
+            object.__setattr__(self, "decode", dataclasses.replace(self.decode, nbest=1))
 
-    @classmethod
-    def from_decode_config(cls, decode: DecodeConfig) -> TranscribeOptions:
-        """The options of a package's ``decode`` section."""
-        return cls(
-            beam_size=decode.beam_size, scorers=decode.scorers, scorer_params=decode.scorer_params,
-            max_length_ratio=decode.max_length_ratio, min_length_ratio=decode.min_length_ratio,
-            length_normalize=decode.length_normalize,
-            end_margin=decode.end_margin,
-            pre_beam_ratio=decode.pre_beam_ratio, eos_threshold=decode.eos_threshold,
-            batch_seconds=decode.batch_seconds, precision=decode.precision,
-        )
-
-    def decode_config(self) -> DecodeConfig:
-        """The search part, as the recogniser takes it."""
-        params = {name: dict(p) for name, p in self.scorer_params.items()}
-        if self.lm:
-            params.setdefault("lm", {})["path"] = self.lm
-        if self.hotwords:
-            params.setdefault("hotwords", {})["phrases"] = list(self.hotwords)
-        return DecodeConfig(
-            beam_size=self.beam_size, scorers=dict(self.scorers), scorer_params=params,
-            max_length_ratio=self.max_length_ratio, min_length_ratio=self.min_length_ratio,
-            length_normalize=self.length_normalize, nbest=1,
-            end_margin=self.end_margin,
-            pre_beam_ratio=self.pre_beam_ratio, eos_threshold=self.eos_threshold,
-            batch_seconds=self.batch_seconds, precision=self.precision,
-        )
-
-    def search_options(self) -> SearchOptions:
-        """Checks the search fields (raises ConfigError)."""
-        return SearchOptions.from_decode(self.decode_config())
-
-    def vad_options(self) -> VadOptions:
-        return VadOptions(max_segment_s=self.max_segment_s, min_pause_s=self.min_pause_s,
-                          pad_s=min(PAD_S, self.min_pause_s / 2))
+    @staticmethod
+    def option_names() -> tuple[str, ...]:
+        """Every option :meth:`with_overrides` takes, by name."""
+        decode = tuple(f.name for f in dataclasses.fields(DecodeConfig) if f.name != "nbest")
+        return (*decode[:3], "lm", "hotwords", *decode[3:], *_SEGMENTATION_KEYS, *_OWN_KEYS)
 
     def with_overrides(self, **changes: Any) -> TranscribeOptions:
-        """These options with each given field that is not None replaced.
+        """These options with each given option that is not None replaced.
 
-        ``scorers`` and ``scorer_params`` are merged into this object's (a weight of 0
-        turns a scorer off); ``hotwords`` may be one phrase or several.
+        Search options go to :meth:`DecodeConfig.with_overrides <asr_s2s.config.DecodeConfig.with_overrides>`
+        (``scorers`` and ``scorer_params`` are merged; ``lm`` and ``hotwords`` are its shortcuts).
 
-        :raises ConfigError: for an unknown field (naming the closest one) or a bad value.
+        :raises ConfigError: for an unknown option (naming the closest one) or a bad value.
         """
-        fields = [f.name for f in dataclasses.fields(self)]
+        names = self.option_names()
         for name in changes:
-            if name not in fields:
-                raise ConfigError(f"unknown transcription option {name!r}.{did_you_mean(name, fields)} "
-                                  f"Options: {', '.join(fields)}")
+            if name not in names:
+                raise ConfigError(f"unknown transcription option {name!r}.{did_you_mean(name, names)} "
+                                  f"Options: {', '.join(names)}")
         changes = {name: value for name, value in changes.items() if value is not None}
-        if "scorers" in changes:
-            changes["scorers"] = {**self.scorers, **changes["scorers"]}
-        if "scorer_params" in changes:
-            merged = {name: dict(p) for name, p in self.scorer_params.items()}
-            for name, extra in changes["scorer_params"].items():
-                merged.setdefault(name, {}).update(extra)
-            changes["scorer_params"] = merged
-        return dataclasses.replace(self, **changes) if changes else self
+        if not changes:
+            return self
+        segmentation = {k: changes.pop(k) for k in _SEGMENTATION_KEYS if k in changes}
+        own = {k: changes.pop(k) for k in _OWN_KEYS if k in changes}
+        if segmentation:
+            spans = {k: getattr(self.segmentation, k) for k in _SEGMENTATION_KEYS}
+            own["segmentation"] = VadOptions(**{**spans, **segmentation}, top_db=self.segmentation.top_db)
+        return dataclasses.replace(self, decode=self.decode.with_overrides(**changes), **own)
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["hotwords"] = list(self.hotwords)
-        return out
+        """Every option by its name, as :meth:`with_overrides` takes it (the JSON output's ``options``)."""
+        decode = dataclasses.asdict(self.decode)
+        del decode["nbest"]
+        out = {**decode, "lm": self.decode.scorer_params.get("lm", {}).get("path"),
+               "hotwords": list(self.decode.scorer_params.get("hotwords", {}).get("phrases", ()))}
+        out.update({k: getattr(self.segmentation, k) for k in _SEGMENTATION_KEYS})
+        out.update({k: getattr(self, k) for k in _OWN_KEYS})
+        return {name: out[name] for name in self.option_names()}
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,12 @@ class VadOptions:
 
     max_segment_s: float = MAX_SEGMENT_S
     min_pause_s: float = MIN_PAUSE_S
-    pad_s: float = PAD_S
+    pad_s: float | None = None  # None: PAD_S, or half of min_pause_s when that is less
     top_db: float = TOP_DB
 
     def __post_init__(self) -> None:
+        if self.pad_s is None:
+            object.__setattr__(self, "pad_s", min(PAD_S, self.min_pause_s / 2))
         if not self.max_segment_s >= MIN_SEGMENT_LIMIT_S:
             raise ConfigError(f"max segment length must be at least {MIN_SEGMENT_LIMIT_S} s, got {self.max_segment_s}")
         if not 0 < self.min_pause_s < self.max_segment_s / 2:

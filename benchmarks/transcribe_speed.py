@@ -81,7 +81,7 @@ def load(model_dir: str | None):
     torch.manual_seed(0)
     registry = Registry()
     model = ASRModel(config.model, CharTokenizer(), CMVNStats.identity(config.model.num_mel_bins), registry)
-    return Transcriber(model, registry, TranscribeOptions.from_decode_config(config.decode), model_id="random")
+    return Transcriber(model, registry, TranscribeOptions(decode=config.decode), model_id="random")
 
 
 def child(args) -> None:
@@ -93,7 +93,7 @@ def child(args) -> None:
     transcriber = load(args.model)
     changes = {"beam_size": args.beam}
     if args.beam == 1:
-        changes["scorers"] = {name: 0.0 for name in transcriber.options.scorers if name != "decoder"}
+        changes["scorers"] = {name: 0.0 for name in transcriber.options.decode.scorers if name != "decoder"}
     if args.batch_seconds:
         changes["batch_seconds"] = args.batch_seconds
     transcriber.transcribe(soundfile.read(args.child, frames=10 * SAMPLE_RATE_HZ)[0], SAMPLE_RATE_HZ, **changes)  # warm-up
@@ -104,7 +104,7 @@ def child(args) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"audio_s": result.duration, "wall_s": wall, "rss_loaded_mb": loaded, "peak_rss_mb": peak,
                       "segments": len(result.segments), "words": len(result.words),
-                      "batch_seconds": result.options.batch_seconds, "scorers": result.options.scorers}))
+                      "batch_seconds": result.options.decode.batch_seconds, "scorers": result.options.decode.scorers}))
 
 
 def run_child(args, path: Path, beam: int) -> dict:

@@ -23,7 +23,7 @@ def result() -> Transcription:
         Segment(2, 3725.5, 3731.0049, "AN HOUR LATER", -3.0, {"decoder": -2.0, "ctc": -4.0}),
     )
     return Transcription("talk.flac", "THE CAT SAT AN HOUR LATER", segments, 3732.0, "model@sha256:0123",
-                         TranscribeOptions(beam_size=4, hotwords=("CAT",), scorers={"decoder": 1.0, "hotwords": 2.0}))
+                         TranscribeOptions().with_overrides(beam_size=4, hotwords=("CAT",), scorers={"hotwords": 2.0}))
 
 
 def test_txt(result):

@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from asr_s2s.cli.options import EXIT_OK, EXIT_SOME_FAILED, check_output_dir, decode_config_from, registry_from, set_threads
+from asr_s2s.cli.options import EXIT_OK, EXIT_SOME_FAILED, check_output_dir, decode_overrides, registry_from, set_threads
 
 log = logging.getLogger("asr_s2s")
 
@@ -19,7 +19,8 @@ def _load(args):
     set_threads(args)
     registry = registry_from(args)
     model, config = load_package(args.model, registry)
-    return Recognizer(model, decode_config_from(args, config.decode, registry), registry, device=args.device)
+    decode = config.decode.with_overrides(**decode_overrides(args, registry))
+    return Recognizer(model, decode, registry, device=args.device)
 
 
 def _decode_shared(recognizer, utterances, args, dist_info):

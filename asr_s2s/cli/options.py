@@ -115,12 +115,9 @@ def _end_margin(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a positive number or inf, got {text!r}") from None
 
 
-def scorer_overrides(args, base, registry) -> tuple[dict[str, float], dict[str, dict]]:
-    """``base``'s scorer weights and params with ``--scorer`` and ``--scorer-param`` applied.
-
-    Names and keys given on the command line are checked here, so that a typo is
-    reported as the flag the user typed rather than as a config path.
-    """
+def _checked_scorer_flags(args, registry) -> tuple[dict[str, float], dict[str, dict]]:
+    """``--scorer`` weights and ``--scorer-param`` params, each name and key checked against the registry,
+    so that a typo is reported as the flag the user typed rather than as a config path."""
     from asr_s2s.plugins import accepted_params
 
     weights = _parse_scorer_weights(args.scorer)
@@ -129,9 +126,8 @@ def scorer_overrides(args, base, registry) -> tuple[dict[str, float], dict[str, 
             registry.get("scorer", name)
         except AsrS2SError as exc:
             raise ConfigError(f"--scorer {name}={weights[name]:g}: {exc}") from None
-    scorers = {**base.scorers, **weights}
-    params = {name: dict(p) for name, p in base.scorer_params.items()}
-    for name, extra in _parse_scorer_params(args.scorer_param).items():
+    params = _parse_scorer_params(args.scorer_param)
+    for name, extra in params.items():
         try:
             accepted = accepted_params(registry.factory("scorer", name), injected={"model"})
         except AsrS2SError as exc:
@@ -142,33 +138,17 @@ def scorer_overrides(args, base, registry) -> tuple[dict[str, float], dict[str, 
                     f"--scorer-param {name}.{key}={value}: scorer {name!r} has no param {key!r}."
                     f"{did_you_mean(key, accepted)} Its params: {', '.join(accepted) or '(none)'}"
                 )
-        params.setdefault(name, {}).update(extra)
-    return scorers, params
+    return weights, params
 
 
-def decode_config_from(args, base, registry):
-    """The model's decode config with the command line's overrides."""
-    changes = {}
-    if args.beam_size is not None:
-        changes["beam_size"] = args.beam_size
-    scorers, params = scorer_overrides(args, base, registry)
-    if args.lm:
-        params.setdefault("lm", {})["path"] = args.lm
-    if args.hotword:
-        params.setdefault("hotwords", {})["phrases"] = list(args.hotword)
-    for name, flag in (("lm", "--lm"), ("hotwords", "--hotword")):
-        if name in params and name not in scorers:
-            raise ConfigError(f"{flag} needs a weight for the {name!r} scorer: add --scorer {name}=WEIGHT")
-    changes["scorers"], changes["scorer_params"] = scorers, params
-    if args.batch_seconds is not None:
-        changes["batch_seconds"] = args.batch_seconds
-    if args.precision is not None:
-        changes["precision"] = args.precision
-    for name in SEARCH_FLAGS:
-        if getattr(args, name) is not None:
-            value = getattr(args, name)
-            changes[name] = value  # --end-margin inf: DecodeConfig turns it into None (off)
-    return dataclasses.replace(base, **changes)
+def decode_overrides(args, registry) -> dict:
+    """The decode options the command line gives, by name, for ``with_overrides`` (None: not given)."""
+    weights, params = _checked_scorer_flags(args, registry)
+    return {
+        "beam_size": args.beam_size, "scorers": weights, "scorer_params": params, "lm": args.lm,
+        "hotwords": args.hotword, "batch_seconds": args.batch_seconds, "precision": args.precision,
+        **{name: getattr(args, name) for name in SEARCH_FLAGS},
+    }
 
 
 def _decode_defaults(model_decode: dict | None) -> tuple[dict, str]:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from asr_s2s.cli.options import (
-    EXIT_OK, EXIT_SOME_FAILED, SEARCH_FLAGS, check_output_dir, scorer_overrides, set_threads,
+    EXIT_OK, EXIT_SOME_FAILED, check_output_dir, decode_overrides, set_threads,
 )
 from asr_s2s.errors import ConfigError
 from asr_s2s.files import write_text_atomically
@@ -18,8 +18,6 @@ log = logging.getLogger("asr_s2s")
 
 
 @dataclasses.dataclass(frozen=True)
-
-
 class _Job:
     """One input of ``transcribe``: what to read, and its output path under --output-dir without the suffix."""
 
@@ -86,29 +84,6 @@ def _literal_depth(path: Path) -> int:
     return depth
 
 
-def _transcribe_options(args, base, registry):
-    """The model's transcription options with the command line's overrides."""
-    changes = dict(zip(("scorers", "scorer_params"), scorer_overrides(args, base, registry)))
-    for name, flag, value in (("lm", "--lm", args.lm), ("hotwords", "--hotword", args.hotword)):
-        if value and name not in changes["scorers"]:  # --scorer lm=0 turns it off, as in evaluate
-            raise ConfigError(f"{flag} needs a weight for the {name!r} scorer: add --scorer {name}=WEIGHT")
-    if args.lm:
-        changes["lm"] = args.lm
-    if args.hotword:
-        changes["hotwords"] = tuple(args.hotword)
-    if args.beam_size is not None:
-        changes["beam_size"] = args.beam_size
-    if args.batch_seconds is not None:
-        changes["batch_seconds"] = args.batch_seconds
-    if args.precision is not None:
-        changes["precision"] = args.precision
-    for name in ("max_segment_s", "min_pause_s", "word_timestamps", *SEARCH_FLAGS):
-        if getattr(args, name) is not None:
-            changes[name] = getattr(args, name)
-    changes["attention"] = bool(args.plot_attention)
-    return dataclasses.replace(base, **changes)
-
-
 def _known_duration_s(jobs: list[_Job]) -> float | None:
     """Total audio seconds from the file headers, or None when a header cannot tell."""
     import io
@@ -148,7 +123,10 @@ def cmd_transcribe(args) -> int:
     check_output_dir(args.plot_attention, "--plot-attention")
     set_threads(args)
     transcriber = load_model(args.model, device=args.device, disable_plugins=args.disable_plugin)
-    options = _transcribe_options(args, transcriber.options, transcriber.registry)
+    options = transcriber.options.with_overrides(
+        **decode_overrides(args, transcriber.registry), max_segment_s=args.max_segment_s, min_pause_s=args.min_pause_s,
+        word_timestamps=args.word_timestamps, attention=bool(args.plot_attention),
+    )
     jobs, problems = _expand_inputs(args.inputs)
     for problem in problems:
         log.error("%s", problem)
