@@ -68,9 +68,9 @@ class LMScorer(Scorer):
 
     @classmethod
     def from_model(cls, model: ASRModel, *, path: str) -> LMScorer:
-        from asr_s2s.package import load_lm_package_for
+        from asr_s2s.plugin_api import load_language_model
 
-        return cls(load_lm_package_for(model, path))
+        return cls(load_language_model(model, path))
 
     def init_state(self, states: torch.Tensor, state_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
         """The LM state before ``<sos>`` for ``N`` rows (the encoder states give only N and the device)."""

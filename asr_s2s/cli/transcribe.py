@@ -111,26 +111,23 @@ def _plot_segments(result, plot_dir: Path, out_name: str) -> None:
         plot_attention(segment.attention, path, title=title, labels=segment.text)
 
 
-def cmd_transcribe(args) -> int:
-    from asr_s2s.progress import progress_bar
-
+def _emit(result, job: _Job, out_dir: Path | None, fmt: str, bar) -> None:
+    """Write one transcription to its file under ``out_dir``, or print it above the progress bar."""
     from asr_s2s.formats import format_transcription, to_json
-    from asr_s2s.transcriber import AudioInput, load_model
 
-    if args.skip_existing and not args.output_dir:
-        raise ConfigError("--skip-existing needs --output-dir (it skips inputs whose output file exists)")
-    check_output_dir(args.output_dir, "--output-dir")
-    check_output_dir(args.plot_attention, "--plot-attention")
-    set_threads(args)
-    transcriber = load_model(args.model, device=args.device, disable_plugins=args.disable_plugin)
-    options = transcriber.options.with_overrides(
-        **decode_overrides(args, transcriber.registry), max_segment_s=args.max_segment_s, min_pause_s=args.min_pause_s,
-        word_timestamps=args.word_timestamps, attention=bool(args.plot_attention),
-    )
-    jobs, problems = _expand_inputs(args.inputs)
-    for problem in problems:
-        log.error("%s", problem)
-    out_dir = Path(args.output_dir) if args.output_dir else None
+    if out_dir is not None:
+        write_text_atomically(out_dir / f"{job.out_name}.{fmt}", format_transcription(result, fmt))
+    elif fmt == "txt":
+        bar.write(f"{job.name}\t{result.text}", file=sys.stdout)
+    elif fmt == "json":
+        bar.write(to_json(result, indent=None).rstrip("\n"), file=sys.stdout)
+    else:
+        bar.write(format_transcription(result, fmt).rstrip("\n") + "\n", file=sys.stdout)
+
+
+def _planned(jobs: list[_Job], out_dir: Path | None, args) -> list[_Job]:
+    """The jobs to run: refuse two inputs writing one output file, or several srt/vtt/tsv documents on stdout;
+    drop those whose output exists with --skip-existing."""
     if out_dir is not None:
         owners: dict[str, str] = {}
         for job in jobs:
@@ -150,24 +147,39 @@ def cmd_transcribe(args) -> int:
             f"--format {args.format} writes one document per input, and {len(jobs)} inputs printed back to back "
             f"could not be told apart: give --output-dir DIR (one DIR/NAME.{args.format} each), or use --format json"
         )
+    return jobs
+
+
+def cmd_transcribe(args) -> int:
+    from asr_s2s.progress import progress_bar
+    from asr_s2s.transcriber import AudioInput, load_model
+
+    if args.skip_existing and not args.output_dir:
+        raise ConfigError("--skip-existing needs --output-dir (it skips inputs whose output file exists)")
+    check_output_dir(args.output_dir, "--output-dir")
+    check_output_dir(args.plot_attention, "--plot-attention")
+    set_threads(args)
+    transcriber = load_model(args.model, device=args.device, disable_plugins=args.disable_plugin)
+    options = transcriber.options.with_overrides(
+        **decode_overrides(args, transcriber.registry), max_segment_s=args.max_segment_s, min_pause_s=args.min_pause_s,
+        word_timestamps=args.word_timestamps, attention=bool(args.plot_attention),
+    )
+    jobs, problems = _expand_inputs(args.inputs)
+    for problem in problems:
+        log.error("%s", problem)
+    out_dir = Path(args.output_dir) if args.output_dir else None
+    jobs = _planned(jobs, out_dir, args)
     failed = len(problems)
     inputs = [AudioInput(job.name, job.source) for job in jobs]
     total_s = None if args.quiet else _known_duration_s(jobs)
     of_total = "?" if total_s is None else "{total:.0f}"
     with progress_bar(total=total_s, unit="s", desc="transcribing", disable=args.quiet,
-              bar_format="{l_bar}{bar}| {n:.0f}/" + of_total + " audio s [{elapsed}<{remaining}]") as bar:
+                      bar_format="{l_bar}{bar}| {n:.0f}/" + of_total + " audio s [{elapsed}<{remaining}]") as bar:
         results = transcriber.transcribe_many(inputs, options, progress=bar.update, num_workers=args.num_workers)
         for job, outcome in zip(jobs, results):
             result = outcome.transcription
             if outcome.ok:
-                if out_dir is not None:
-                    write_text_atomically(out_dir / f"{job.out_name}.{args.format}", format_transcription(result, args.format))
-                elif args.format == "txt":
-                    bar.write(f"{job.name}\t{result.text}", file=sys.stdout)
-                elif args.format == "json":
-                    bar.write(to_json(result, indent=None).rstrip("\n"), file=sys.stdout)
-                else:
-                    bar.write(format_transcription(result, args.format).rstrip("\n") + "\n", file=sys.stdout)
+                _emit(result, job, out_dir, args.format, bar)
                 if args.plot_attention:
                     _plot_segments(result, Path(args.plot_attention), job.out_name)
             else:
