@@ -1,4 +1,4 @@
-"""Data commands: ``download``, ``prepare``, ``compute-cmvn``, ``augment`` and ``tokens``."""
+"""Data commands: ``download``, ``prepare``, ``compute-cmvn``, ``augment``, ``tokens`` and ``lm-text``."""
 
 from __future__ import annotations
 
@@ -112,8 +112,18 @@ def cmd_tokens(args) -> int:
     return EXIT_OK
 
 
+def cmd_lm_text(args) -> int:
+    from asr_s2s.files import write_text_atomically
+    from asr_s2s.manifest import read_manifest
+
+    lines = [utt.text + "\n" for manifest in args.manifest for utt in read_manifest(manifest)]
+    write_text_atomically(args.out, "".join(lines))
+    print(f"{args.out}: {len(lines)} transcripts from {len(args.manifest)} manifest(s)")
+    return EXIT_OK
+
+
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Add the download, prepare, compute-cmvn, augment, tokens commands."""
+    """Add the download, prepare, compute-cmvn, augment, tokens, lm-text commands."""
     p = sub.add_parser("download", parents=[common], help="fetch corpus archives, resuming and checking MD5",
                        description="Download BASE_URL/FILE for each FILE into OUT_DIR. A broken-off transfer resumes "
                                    "with an HTTP Range request (also on the next run: the partial file is kept as "
@@ -167,3 +177,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--manifest", required=True, nargs="+", metavar="FILE", help="training manifests")
     p.add_argument("--out", required=True, help="token list to write (one token per line)")
     p.set_defaults(func=cmd_tokens)
+
+    p = sub.add_parser("lm-text", parents=[common], help="write the transcripts of manifests, one a line (LM training text)",
+                       description="Write each utterance's transcript, as the manifest holds it (not normalised), on a "
+                                   "line of its own, in manifest order: the text 'asr-s2s train-lm --text' reads, like "
+                                   "ESPnet's lm_train.txt.")
+    p.add_argument("--manifest", required=True, nargs="+", metavar="FILE", help="manifests, e.g. the training manifest")
+    p.add_argument("--out", required=True, help="text file to write (one transcript per line)")
+    p.set_defaults(func=cmd_lm_text)
