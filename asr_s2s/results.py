@@ -6,13 +6,22 @@ Every ``asr-s2s evaluate --json`` decode of a recipe leaves ``EXP_DIR/decode_NAM
 test decodes ``test_greedy``, ``test_beam`` and ``test_beam_WHICH`` (with the
 weights they used in ``decode_test_beam_WHICH.weights``); the condition decodes
 ``cond_SET_greedy`` and ``cond_SET_best``.
+
+The LibriSpeech recipe's decodes are named ``SET_beam`` and ``SET_beam_lm``; its
+``RESULTS.md`` (:func:`espnet_results`) follows ESPnet's: the environment, then a WER
+and a CER table of ``Snt Wrd Corr Sub Del Ins Err S.Err`` per decode, then the config.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import platform
 import re
+from importlib.metadata import version
 from pathlib import Path
+
+import yaml
 
 from asr_s2s.errors import ConfigError
 
@@ -107,3 +116,70 @@ def conditions_table(exp_dir: str | Path, weights: tuple[float, float, float], s
         verdict = "within" if spread <= FRAMING_TOLERANCE_POINTS else "NOT within"
         rows += ["", f"WER spread {spread:.2f} points: {verdict} {FRAMING_TOLERANCE_POINTS:g} point."]
     return "\n".join(rows) + "\n"
+
+
+ESPNET_HEADER = ("|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|", "|---|---|---|---|---|---|---|---|---|")
+# unit -> the decode_NAME.json fields of its reference length and its substitutions, deletions, insertions
+ESPNET_UNITS = {"WER": ("words", "substitutions", "deletions", "insertions"),
+                "CER": ("characters", "char_substitutions", "char_deletions", "char_insertions")}
+
+
+def search_label(config_text: str) -> str:
+    """``beam 10, decoder 1.0, ctc 0.3``: the beam size and scorer weights of a config's ``decode`` section."""
+    decode = (yaml.safe_load(config_text) or {}).get("decode", {})
+    return f"beam {decode.get('beam_size', 10)}, " + ", ".join(f"{k} {v}" for k, v in decode.get("scorers", {}).items())
+
+
+def espnet_row(name: str, label: str, result: dict, unit: str) -> str:
+    """One row of ESPnet's table: Snt, Wrd (the words, or characters for CER), then Corr, Sub, Del, Ins, Err and S.Err in percent."""
+    n, sub, dele, ins = (result[field] for field in ESPNET_UNITS[unit])
+
+    def pct(x: int) -> str:
+        return f"{100 * x / max(n, 1):.1f}"
+
+    return (f"|{name} ({label})|{result['utterances']}|{n}|{pct(n - sub - dele)}|{pct(sub)}|{pct(dele)}|{pct(ins)}|"
+            f"{pct(sub + dele + ins)}|{100 * result['sentence_errors'] / max(result['utterances'], 1):.1f}|")
+
+
+def espnet_rows(exp_dir: str | Path, sets: list[str], search: str, lm_weight: str) -> dict[str, list[str]]:
+    """The WER and CER rows of each set's ``decode_SET_beam`` and ``decode_SET_beam_lm`` (those that exist)."""
+    exp, rows = Path(exp_dir), {unit: [] for unit in ESPNET_UNITS}
+    for s in sets:
+        for tag, label in (("beam", search), ("beam_lm", f"{search}, lm {lm_weight}")):
+            path = exp / f"decode_{s}_{tag}.json"
+            if not path.is_file():
+                continue
+            result = json.loads(path.read_text())
+            for unit in ESPNET_UNITS:
+                rows[unit].append(espnet_row(f"decode_{s}_{tag}", label, result, unit))
+    return rows
+
+
+def environment_lines(command: str, now: datetime.datetime | None = None) -> list[str]:
+    """ESPnet's ``## Environments``: the date (UTC), the Python, asr-s2s and PyTorch versions and the command."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    return ["## Environments", f"- date: `{now.strftime('%a %b %d %H:%M:%S UTC %Y')}`",
+            f"- python version: `{platform.python_version()}`", f"- asr-s2s version: `asr-s2s {version('asr-s2s')}`",
+            f"- pytorch version: `pytorch {version('torch')}`", f"- command: `{command.strip()}`"]
+
+
+def espnet_results(exp_dir: str | Path, config: str | Path, command: str, lm_weight: str, sets: list[str],
+                   now: datetime.datetime | None = None) -> tuple[str, str]:
+    """The LibriSpeech recipe's ``RESULTS.md`` in ESPnet's style, as ``(tables, config section)``.
+
+    The tables part (environment, model, WER and CER tables) is what the recipe
+    prints; the file is both parts joined. ``model_avg/average.json`` names the
+    averaged epochs; the search label comes from ``config``'s ``decode`` section,
+    and the ``beam_lm`` rows add ``lm LM_WEIGHT`` (as given).
+    """
+    exp, config = Path(exp_dir), Path(config)
+    model = json.loads((exp / "model_avg" / "average.json").read_text())
+    config_text = config.read_text(encoding="utf-8")
+    rows = espnet_rows(exp, sets, search_label(config_text), lm_weight)
+    epochs = ", ".join(map(str, model["epochs"]))
+    lines = ["# RESULTS", *environment_lines(command, now), "",
+             f"## {exp.name}: model_avg (average of epoch(s) {epochs}, best by {model['best_by']})"]
+    for unit in ESPNET_UNITS:
+        lines += [f"### {unit}", "", *ESPNET_HEADER, *rows[unit], ""]
+    config_lines = [f"## Config: `{config}`", "", "```yaml", config_text.rstrip(), "```", ""]
+    return "\n".join(lines) + "\n", "\n".join(config_lines)
