@@ -179,13 +179,7 @@ elif run_stage 5 "$lm_dir/.done" "train the character LM ($lm_dir)"; then
   text=$lm_text
   if [ -z "$text" ]; then
     text="$dump/train_text.txt"
-    python - "$dump/train.jsonl" "$text" <<'PY'
-import json, sys
-with open(sys.argv[1], encoding="utf-8") as src, open(sys.argv[2], "w", encoding="utf-8") as out:
-    for line in src:
-        if line.strip():
-            out.write(json.loads(line)["text"] + "\n")
-PY
+    asr-s2s lm-text --manifest "$dump/train.jsonl" --out "$text"
   fi
   resume=""
   [ -f "$lm_dir/checkpoint.pt" ] && resume="--resume"
@@ -216,49 +210,7 @@ done
 
 # -- 7. score -------------------------------------------------------------------------
 if run_stage 7 "$exp_dir/.results.done" "write $exp_dir/RESULTS.md"; then
-  python - "$exp_dir" "$config" "$command_line" "$lm_weight" "${decode_sets[@]}" <<'PY'
-import datetime, json, platform, sys
-from importlib.metadata import version
-from pathlib import Path
-
-import yaml
-
-exp, config, command, lm_weight, sets = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
-model = json.loads((exp / "model_avg" / "average.json").read_text())
-decode = (yaml.safe_load(config.read_text()) or {}).get("decode", {})
-search = f"beam {decode.get('beam_size', 10)}, " + ", ".join(f"{k} {v}" for k, v in decode.get("scorers", {}).items())
-rows = {"WER": [], "CER": []}
-for s in sets:
-    for tag, label in (("beam", search), ("beam_lm", f"{search}, lm {lm_weight}")):
-        path = exp / f"decode_{s}_{tag}.json"
-        if not path.is_file():
-            continue
-        r = json.loads(path.read_text())
-        for unit, n, sub, dele, ins in (
-            ("WER", r["words"], r["substitutions"], r["deletions"], r["insertions"]),
-            ("CER", r["characters"], r["char_substitutions"], r["char_deletions"], r["char_insertions"]),
-        ):
-            pct = lambda x: f"{100 * x / max(n, 1):.1f}"
-            rows[unit].append(f"|decode_{s}_{tag} ({label})|{r['utterances']}|{n}|{pct(n - sub - dele)}|{pct(sub)}|"
-                              f"{pct(dele)}|{pct(ins)}|{pct(sub + dele + ins)}|"
-                              f"{100 * r['sentence_errors'] / max(r['utterances'], 1):.1f}|")
-epochs = ", ".join(map(str, model["epochs"]))
-lines = [
-    "# RESULTS", "## Environments",
-    f"- date: `{datetime.datetime.now(datetime.timezone.utc).strftime('%a %b %d %H:%M:%S UTC %Y')}`",
-    f"- python version: `{platform.python_version()}`",
-    f"- asr-s2s version: `asr-s2s {version('asr-s2s')}`",
-    f"- pytorch version: `pytorch {version('torch')}`",
-    f"- command: `{command.strip()}`",
-    "",
-    f"## {exp.name}: model_avg (average of epoch(s) {epochs}, best by {model['best_by']})",
-]
-for unit in ("WER", "CER"):
-    lines += [f"### {unit}", "", "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|", "|---|---|---|---|---|---|---|---|---|",
-              *rows[unit], ""]
-lines += [f"## Config: `{config}`", "", "```yaml", config.read_text().rstrip(), "```", ""]
-(exp / "RESULTS.md").write_text("\n".join(lines))
-print("\n".join(lines[: lines.index(f"## Config: `{config}`")]))
-PY
+  asr-s2s results show-asr-result "$exp_dir" --config "$config" --command "$command_line" \
+    --lm-weight "$lm_weight" --sets "${decode_sets[*]}"
   touch "$exp_dir/.results.done"
 fi
