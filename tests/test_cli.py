@@ -45,7 +45,7 @@ def test_plugins_table(run_cli):
     assert lines[0].split() == ["kind", "name", "plugin", "distribution"]
     rows = {tuple(line.split()[:3]): " ".join(line.split()[3:]) for line in lines[1:]}
     for row in [("encoder", "pblstm", "pblstm"), ("decoder", "attention", "attention"),
-                ("scorer", "decoder", "scorers"), ("scorer", "length_bonus", "scorers")]:
+                ("scorer", "decoder", "decoder_scorer"), ("scorer", "length_bonus", "length_coverage")]:
         assert rows[row] == f"asr-s2s {ASR_VERSION}"
 
 

@@ -84,9 +84,9 @@ def test_builtins_register_through_entry_points(registry):
         ("encoder", "pblstm"): "pblstm",
         ("decoder", "attention"): "attention",
         ("lm", "lstm"): "lstm_lm",
-        ("scorer", "decoder"): "scorers",
-        ("scorer", "length_bonus"): "scorers",
-        ("scorer", "coverage"): "scorers",
+        ("scorer", "decoder"): "decoder_scorer",
+        ("scorer", "length_bonus"): "length_coverage",
+        ("scorer", "coverage"): "length_coverage",
         ("scorer", "ctc"): "ctc_prefix",
         ("scorer", "lm"): "lstm_lm",
         ("scorer", "ngram"): "ngram",
@@ -260,9 +260,11 @@ def test_disable_autoload_loads_nothing(monkeypatch):
 
 
 def test_extra_plugins_register_in_code_without_autoload():
-    import asr_s2s_plugins.scorers
+    import asr_s2s_plugins.decoder_scorer
+    import asr_s2s_plugins.length_coverage
 
-    registry = Registry(get_plugin_manager(extra_plugins=[asr_s2s_plugins.scorers], autoload=False))
+    plugins = [asr_s2s_plugins.decoder_scorer, asr_s2s_plugins.length_coverage]
+    registry = Registry(get_plugin_manager(extra_plugins=plugins, autoload=False))
     assert [(c.kind, c.name) for c in registry.components()] == [
         ("scorer", "coverage"), ("scorer", "decoder"), ("scorer", "length_bonus")
     ]
