@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 
 PRECISIONS = ("bf16", "fp32")  # train.precision, decode.precision
+MAX_BATCH_SECONDS = 7200.0  # decode.batch_seconds: padded audio seconds decoded together
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,8 @@ class DecodeConfig:
         end_margin = self.end_margin
         object.__setattr__(self, "end_margin", None if end_margin is None or math.isinf(end_margin) else end_margin)
         check_precision(self.precision, "decode.precision")
-        if not self.batch_seconds > 0:
-            raise ConfigError(f"batch_seconds must be positive, got {self.batch_seconds}")
+        if not 0 < self.batch_seconds <= MAX_BATCH_SECONDS:
+            raise ConfigError(f"batch_seconds must be in (0, {MAX_BATCH_SECONDS:g}], got {self.batch_seconds}")
         check_scorer_params(self.scorers, self.scorer_params)
         self.search_options()  # checks the search fields
 
@@ -196,11 +197,15 @@ def from_dict(cls: type[T], raw: Any, where: str = "config") -> T:
     for key in raw:
         if key not in names:
             raise ConfigError(f"{where}: unknown key {key!r}.{did_you_mean(str(key), names)} Known keys: {', '.join(names)}")
-    values = {key: _convert(hints[key], value, f"{where}.{key}") for key, value in raw.items()}
+    values = {key: convert_value(hints[key], value, f"{where}.{key}") for key, value in raw.items()}
     return cls(**values)
 
 
-def _convert(hint: Any, value: Any, where: str) -> Any:
+def convert_value(hint: Any, value: Any, where: str) -> Any:
+    """``value`` as type ``hint`` (an int where a float is declared becomes a float), or ConfigError naming ``where``.
+
+    :raises TypeError: for a hint it cannot check (``Literal``, abstract generics): callers skip those.
+    """
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
@@ -209,7 +214,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _convert(arg, value, where)
+                return convert_value(arg, value, where)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0])
@@ -219,12 +224,12 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         _, value_type = typing.get_args(hint)
-        return {k: _convert(value_type, v, f"{where}.{k}") for k, v in value.items()}
+        return {k: convert_value(value_type, v, f"{where}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         (item_type,) = typing.get_args(hint)
-        return [_convert(item_type, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [convert_value(item_type, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):

@@ -206,12 +206,18 @@ class Scorer(ABC):
     non-float dtype, a NaN or ``+inf``, or an exception raised in any method
     stop the search with a :class:`~asr_s2s.errors.ScorerError` naming the
     scorer and its plugin. ``-inf`` is allowed: it rules a token out.
+
+    ``path_params`` names the params that are file paths. A model package is
+    untrusted input: in its ``decode`` section such a param must name a regular
+    file inside the package folder (it is resolved there); paths the user gives
+    (command line, Python, their own config) are taken as given.
     """
 
     name: ClassVar[str]
     partial: ClassVar[bool] = False
     depends_on: ClassVar[tuple[str, ...]] = ()
     ranks_tokens: ClassVar[bool] = True
+    path_params: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def from_model(cls, model: ASRModel) -> Scorer:

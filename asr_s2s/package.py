@@ -13,6 +13,7 @@ Loading never unpickles anything.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,11 +26,11 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from asr_s2s.config import DecodeConfig, ExperimentConfig, ModelConfig, from_dict, to_dict
-from asr_s2s.errors import ConfigError, ModelPackageError
+from asr_s2s.errors import AsrS2SError, ConfigError, ModelPackageError
 from asr_s2s.features import CMVNStats
 from asr_s2s.interfaces import Decoder, LanguageModel
 from asr_s2s.model import ASRModel
@@ -121,10 +122,11 @@ def load_package(path: str | os.PathLike, registry: Registry | None = None) -> t
     if not path.is_dir():
         raise ModelPackageError(f"{path}: no such model directory")
     raw = _read_config(path, FILES, kind=None)
+    registry = registry or Registry()
     try:
         config = ExperimentConfig(
             model=from_dict(ModelConfig, raw.get("model", {}), "model"),
-            decode=from_dict(DecodeConfig, raw.get("decode", {}), "decode"),
+            decode=_package_paths(from_dict(DecodeConfig, raw.get("decode", {}), "decode"), path, registry),
         )
     except (ConfigError, AttributeError) as exc:
         raise ModelPackageError(f"{path / 'config.yaml'}: {exc}") from None
@@ -133,8 +135,7 @@ def load_package(path: str | os.PathLike, registry: Registry | None = None) -> t
         cmvn = CMVNStats.load(path / "cmvn.json")
     except Exception as exc:  # noqa: BLE001 - any parse failure means a broken package
         raise ModelPackageError(f"{path}: unreadable tokens.txt or cmvn.json: {exc}") from None
-    model = ASRModel(config.model, tokenizer, cmvn, registry or Registry())
-    _load_weights(model, path / "model.safetensors", f"config.yaml/tokens.txt ({len(tokenizer)} tokens)")
+    model = _build_checked(lambda: ASRModel(config.model, tokenizer, cmvn, registry), path, len(tokenizer))
     return model.eval(), config
 
 
@@ -153,8 +154,8 @@ def load_lm_package(path: str | os.PathLike, registry: Registry | None = None) -
     config = raw.get("lm")
     if not isinstance(config, dict):
         raise ModelPackageError(f"{path / 'config.yaml'}: 'lm' must be a mapping such as {{name: lstm, ...}}")
-    lm = (registry or Registry()).build("lm", config, f"{path / 'config.yaml'}: lm", vocab_size=len(tokenizer))
-    _load_weights(lm, path / "model.safetensors", f"config.yaml/tokens.txt ({len(tokenizer)} tokens)")
+    registry = registry or Registry()
+    lm = _build_checked(lambda: registry.build("lm", config, "lm", vocab_size=len(tokenizer)), path, len(tokenizer))
     return lm.eval(), tokenizer
 
 
@@ -192,6 +193,10 @@ def _read_config(path: Path, files: tuple[str, ...], kind: str | None) -> dict:
     if not path.is_dir():
         raise ModelPackageError(f"{path}: no such model directory")
     what = "language-model package" if kind == LM_KIND else "model package"
+    linked = [f for f in files if (path / f).is_symlink()]
+    if linked:  # its target could be any file, and messages would quote it
+        raise ModelPackageError(f"{path}: {', '.join(linked)} is a symbolic link; a {what} must hold its own files "
+                                "(copy them in)")
     raw = None
     if (path / "config.yaml").is_file():
         try:
@@ -211,6 +216,64 @@ def _read_config(path: Path, files: tuple[str, ...], kind: str | None) -> dict:
     if version != FORMAT_VERSION:
         raise ModelPackageError(f"{path / 'config.yaml'}: format_version {version!r}; this asr-s2s reads {FORMAT_VERSION}")
     return raw
+
+
+def _package_paths(decode: DecodeConfig, package: Path, registry: Registry) -> DecodeConfig:
+    """``decode`` with each scorer's path params (``Scorer.path_params``) resolved inside ``package``.
+
+    A package is untrusted: its config may name its own files (a bundled n-gram LM,
+    a hotword list), never ``/etc/passwd`` or ``/dev/zero``.
+    """
+    root = package.resolve()
+    params = {name: dict(p) for name, p in decode.scorer_params.items()}
+    for name, given in params.items():
+        try:
+            path_params = registry.get("scorer", name).cls.path_params
+        except AsrS2SError:
+            continue  # an unknown scorer fails with its own message when the search is built
+        for key in (k for k in path_params if given.get(k) is not None):
+            where = root / str(given[key])
+            inside = where.resolve()
+            if not (inside.is_relative_to(root) and (inside.is_file() or inside.is_dir())):
+                raise ConfigError(
+                    f"decode.scorer_params.{name}.{key}: {str(given[key])!r} is not a file inside the package; "
+                    f"a package may name only its own files (give another path yourself: --scorer-param "
+                    f"{name}.{key}=PATH, or scorer_params in Python)"
+                )
+            given[key] = str(inside)
+    return dataclasses.replace(decode, scorer_params=params)
+
+
+def _build_checked(build: Callable[[], torch.nn.Module], package: Path, num_tokens: int) -> torch.nn.Module:
+    """``build()`` with the package's weights, once the config's shapes match the weights file's header.
+
+    The check builds on the ``meta`` device first, so a huge size in a config costs no memory.
+    """
+    weights_file, against = package / "model.safetensors", f"config.yaml/tokens.txt ({num_tokens} tokens)"
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+    except ConfigError as exc:
+        raise ModelPackageError(f"{package / 'config.yaml'}: {exc}") from None
+    try:
+        with safe_open(str(weights_file), "pt") as weights:
+            found = {k: tuple(weights.get_slice(k).get_shape()) for k in weights.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelPackageError(f"{weights_file}: corrupt or truncated weights ({exc})") from None
+    if found != expected:
+        raise ModelPackageError(f"{weights_file}: weights do not match {against}: {_shape_difference(expected, found)}")
+    module = build()
+    _load_weights(module, weights_file, against)
+    return module
+
+
+def _shape_difference(expected: dict[str, tuple], found: dict[str, tuple]) -> str:
+    missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    wrong = [f"{k}: config gives {expected[k]}, weights hold {found[k]}"
+             for k in sorted(expected.keys() & found.keys()) if expected[k] != found[k]]
+    parts = ([f"missing {', '.join(missing[:5])}"] if missing else []) + (
+        [f"unexpected {', '.join(unexpected[:5])}"] if unexpected else []) + wrong[:5]
+    return "; ".join(parts)
 
 
 def _load_weights(module: torch.nn.Module, weights_file: Path, against: str) -> None:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import pluggy
 
 from asr_s2s import hookspecs
-from asr_s2s.errors import PluginError, did_you_mean
+from asr_s2s.errors import ConfigError, PluginError, did_you_mean
 
 ENTRY_POINT_GROUP = "asr_s2s"
 DISABLE_AUTOLOAD_ENV = "ASR_S2S_DISABLE_AUTOLOAD"
@@ -226,7 +226,32 @@ class Registry:
         params = {k: v for k, v in config.items() if k != "name"}
         factory = self.factory(kind, info.name)
         check_params(factory, params, where=f"{where} ({kind} {info.name!r})", injected=set(injected))
-        return factory(**injected, **params)
+        params = _typed_params(factory, params, where)
+        try:
+            return factory(**injected, **params)
+        except (TypeError, ValueError) as exc:  # a value the component refuses (an even conv_kernel, ...)
+            shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "no params"
+            raise ConfigError(f"{where} ({kind} {info.name!r}): cannot build it with {shown}: {exc}") from exc
+
+
+def _typed_params(factory: Any, params: dict[str, Any], where: str) -> dict[str, Any]:
+    """``params`` checked against the types ``factory`` declares, so that ``hidden_size: "x"`` is an error
+    naming ``WHERE.hidden_size`` rather than a traceback from inside the component."""
+    import typing
+
+    from asr_s2s.config import convert_value
+
+    try:
+        hints = typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
+    except Exception:  # noqa: BLE001 - hints that do not resolve are not checked
+        return params
+    checked = {}
+    for key, value in params.items():
+        try:
+            checked[key] = convert_value(hints[key], value, f"{where}.{key}") if key in hints else value
+        except TypeError:  # a hint convert_value cannot check (Literal, Sequence[str], ...)
+            checked[key] = value
+    return checked
 
 
 def accepted_params(factory: Any, injected: set[str] = frozenset()) -> list[str]:

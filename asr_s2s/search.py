@@ -31,6 +31,12 @@ class Hypothesis:
     scores: Mapping[str, float] = field(default_factory=dict)
 
 
+# upper bounds, so that a config (a downloaded package's too) cannot ask for unbounded work or memory
+MAX_BEAM_SIZE = 512  # hypotheses per utterance
+MAX_LENGTH_RATIO = 10.0  # output tokens per encoder frame
+MAX_PRE_BEAM_RATIO = 100.0  # partial-scorer candidates per beam slot
+
+
 @dataclass(frozen=True)
 class SearchOptions:
     """Beam search options; ``weights`` maps scorer names to weights. The defaults are
@@ -48,18 +54,19 @@ class SearchOptions:
     eos_threshold: float | None = DecodeConfig.eos_threshold  # <eos> only where the decoder finds it likely
 
     def __post_init__(self) -> None:
-        if self.beam_size < 1:
-            raise ConfigError(f"beam size must be at least 1, got {self.beam_size}")
+        if not 1 <= self.beam_size <= MAX_BEAM_SIZE:
+            raise ConfigError(f"beam_size: the beam size must be between 1 and {MAX_BEAM_SIZE}, got {self.beam_size}")
         if self.nbest < 1 or self.nbest > self.beam_size:
             raise ConfigError(f"nbest must be between 1 and the beam size ({self.beam_size}), got {self.nbest}")
         if self.end_margin is not None and self.end_margin <= 0:
             raise ConfigError(f"end_margin must be positive (or None), got {self.end_margin}")
         if self.eos_threshold is not None and not (math.isfinite(self.eos_threshold) and self.eos_threshold >= 1):
             raise ConfigError(f"eos_threshold must be a number of at least 1 (or None), got {self.eos_threshold}")
-        if self.pre_beam_ratio < 1:
-            raise ConfigError(f"pre_beam_ratio must be at least 1, got {self.pre_beam_ratio}")
-        if self.max_length_ratio <= 0 or self.min_length_ratio < 0:
-            raise ConfigError("max_length_ratio must be positive and min_length_ratio non-negative")
+        if not 1 <= self.pre_beam_ratio <= MAX_PRE_BEAM_RATIO:
+            raise ConfigError(f"pre_beam_ratio must be between 1 and {MAX_PRE_BEAM_RATIO}, got {self.pre_beam_ratio}")
+        if not (0 < self.max_length_ratio <= MAX_LENGTH_RATIO and 0 <= self.min_length_ratio <= self.max_length_ratio):
+            raise ConfigError(f"max_length_ratio must be in (0, {MAX_LENGTH_RATIO}] and min_length_ratio in "
+                              f"[0, max_length_ratio], got {self.max_length_ratio} and {self.min_length_ratio}")
         for name, weight in self.weights.items():
             if not math.isfinite(weight) or weight < 0:
                 raise ConfigError(f"scorer {name!r}: weight must be a non-negative number, got {weight}")

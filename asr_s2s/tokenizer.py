@@ -44,7 +44,7 @@ class CharTokenizer:
     def __init__(self, tokens: Sequence[str] | None = None) -> None:
         self.tokens: list[str] = list(tokens) if tokens is not None else [BLANK, SOS_EOS, *CHARACTERS]
         if self.tokens[:2] != [BLANK, SOS_EOS]:
-            raise TokenizerError(f"token list must start with {BLANK} and {SOS_EOS}, got {self.tokens[:2]}")
+            raise TokenizerError(f"token list must start with {BLANK} and {SOS_EOS} (a tokens.txt written by asr-s2s tokens)")
         if len(set(self.tokens)) != len(self.tokens):
             raise TokenizerError("token list holds duplicates")
         self._ids = {t: i for i, t in enumerate(self.tokens)}

@@ -221,6 +221,7 @@ class HotwordsScorer(Scorer):
     """
 
     name = "hotwords"
+    path_params = ("phrases_file",)
 
     def __init__(self, sequences: Iterable[Sequence[int]], vocab_size: int, space_id: int | None, eos_id: int,
                  phrases: Sequence[str] = ()) -> None:

@@ -62,6 +62,7 @@ class LMScorer(Scorer):
     """
 
     name = "lm"
+    path_params = ("path",)
 
     def __init__(self, lm: LanguageModel) -> None:
         self.lm = lm

@@ -50,6 +50,7 @@ class NgramScorer(Scorer):
     """Back-off n-gram LM scores from an ARPA file, char or word level (see the package docstring)."""
 
     name = "ngram"
+    path_params = ("path",)
 
     def __init__(
         self,
