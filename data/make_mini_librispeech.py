@@ -2059,6 +2059,59 @@ def write_license(out_dir: Path) -> None:
     (out_dir / LICENSE_FILE).write_text(text, encoding="utf-8")
 
 
+def family_voices_record(family: str, family_voices: Sequence[Voice]) -> int | dict:
+    """SPLITS.json's voices of a family: espeak-ng's count, or each other family's voices."""
+    if family == ESPEAK:
+        return len(family_voices)  # every accent x variant; see "accents" and "variants"
+    return {
+        voice.name: {
+            "sex": voice.sex,
+            "pitch_control": voice.pitch_control,
+            "speakers": SPEAKERS_PER_VOICE[family],
+            **({"in_process": voice.in_process} if family == FLITE else {}),
+        }
+        for voice in family_voices
+    }
+
+
+def family_record(family: str, plan: CorpusPlan, voices: dict[str, list[Voice]]) -> dict:
+    """SPLITS.json's entry of a family: its voices and speakers, how many held out of training."""
+    members = [speaker for speaker in plan.speakers if speaker.family == family]
+    return {
+        "voices": family_voices_record(family, voices.get(family, ())),
+        "speakers": len(members),
+        "held_out_of_training": sum(s.speaker_id in plan.held_out.speaker_ids for s in members),
+        "first_speaker_id": members[0].speaker_id if members else None,
+    }
+
+
+def sentences_record(plan: CorpusPlan, num_sentences: int) -> dict:
+    """SPLITS.json's sentence counts: available, in each split's pool and each family's training pool."""
+    return {
+        "available": num_sentences,
+        **{f"{split}_pool": len(plan.pools[split]) for split in (TRAIN_SPLIT, *EVAL_SPLITS)},
+        **{
+            f"train_pool_{family}": len(plan.train_sentences[family])
+            for family in plan.train_sentences
+        },
+    }
+
+
+def held_out_record(plan: CorpusPlan) -> dict:
+    """SPLITS.json's held-out family, accents, variants and speakers (id: voice label)."""
+    held_out = plan.held_out
+    return {
+        "family": held_out.family,
+        "accents": list(held_out.accents),
+        "variants": list(held_out.variants),
+        "speakers": {
+            str(s.speaker_id): s.voice.label
+            for s in plan.speakers
+            if s.speaker_id in held_out.speaker_ids
+        },
+    }
+
+
 def splits_record(
     args: argparse.Namespace,
     plan: CorpusPlan,
@@ -2068,58 +2121,19 @@ def splits_record(
     dropped: dict[str, dict[str, str]],
 ) -> dict:
     """The contents of SPLITS.json."""
-    held_out = plan.held_out
-    per_family = {}
-    for family in FAMILIES:
-        members = [speaker for speaker in plan.speakers if speaker.family == family]
-        family_voices = voices.get(family, ())
-        per_family[family] = {
-            "voices": (
-                len(family_voices)  # every accent x variant; see "accents" and "variants"
-                if family == ESPEAK
-                else {
-                    voice.name: {
-                        "sex": voice.sex,
-                        "pitch_control": voice.pitch_control,
-                        "speakers": SPEAKERS_PER_VOICE[family],
-                        **({"in_process": voice.in_process} if family == FLITE else {}),
-                    }
-                    for voice in family_voices
-                }
-            ),
-            "speakers": len(members),
-            "held_out_of_training": sum(s.speaker_id in held_out.speaker_ids for s in members),
-            "first_speaker_id": members[0].speaker_id if members else None,
-        }
     return {
         "seed": args.seed,
         "families": list(FAMILIES),
-        "held_out_family": held_out.family,
+        "held_out_family": plan.held_out.family,
         "training_families": plan.training_families,
         "family_share": plan.family_share,
         "splits": summary,
-        "sentences": {
-            "available": num_sentences,
-            **{f"{split}_pool": len(plan.pools[split]) for split in (TRAIN_SPLIT, *EVAL_SPLITS)},
-            **{
-                f"train_pool_{family}": len(plan.train_sentences[family])
-                for family in plan.train_sentences
-            },
-        },
+        "sentences": sentences_record(plan, num_sentences),
         "speakers": len(plan.speakers),
-        "speakers_per_family": per_family,
+        "speakers_per_family": {family: family_record(family, plan, voices) for family in FAMILIES},
         "accents": sorted({voice.accent for voice in voices.get(ESPEAK, ())}),
         "variants": sorted({voice.variant for voice in voices.get(ESPEAK, ())}),
-        "held_out": {
-            "family": held_out.family,
-            "accents": list(held_out.accents),
-            "variants": list(held_out.variants),
-            "speakers": {
-                str(s.speaker_id): s.voice.label
-                for s in plan.speakers
-                if s.speaker_id in held_out.speaker_ids
-            },
-        },
+        "held_out": held_out_record(plan),
         "excluded_variants": EXCLUDED_VARIANTS,
         "excluded_voices": {FLITE: FLITE_EXCLUDED_VOICES},
         "dropped_voices": dropped,
@@ -2161,15 +2175,12 @@ def parse_family_share(text: str | None, families: Sequence[str]) -> dict[str, f
     return {family: round(weights[family] / total, 6) for family in families}
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse and validate the command line."""
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the option help; the module docstring as written."""
 
-    class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-        pass
 
-    parser = argparse.ArgumentParser(
-        prog="make_mini_librispeech.py", description=__doc__, formatter_class=Formatter
-    )
+def add_size_options(parser: argparse.ArgumentParser) -> None:
+    """--out, --hours, --seed, --jobs and the dev and test fractions."""
     parser.add_argument(
         "--out",
         required=True,
@@ -2199,6 +2210,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             metavar="F",
             help=f"fraction of the sentences reserved for {split} (0 < f < 0.5)",
         )
+
+
+def add_family_options(parser: argparse.ArgumentParser) -> None:
+    """--held-out-family and --family-share."""
     parser.add_argument(
         "--held-out-family",
         choices=(*FAMILIES, NO_FAMILY),
@@ -2213,7 +2228,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="relative shares of the training audio per training family, e.g. "
         "espeak-ng=0.5,flite=0.5; by default the training families share equally",
     )
-    args = parser.parse_args(argv)
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse out-of-range values (through ``parser.error``) and turn --family-share into shares."""
     if not args.hours > 0:
         parser.error("--hours must be positive")
     if args.jobs < 1:
@@ -2228,6 +2246,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         )
     except ValueError as error:
         parser.error(f"--family-share: {error}")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and validate the command line."""
+    parser = argparse.ArgumentParser(
+        prog="make_mini_librispeech.py", description=__doc__, formatter_class=HelpFormatter
+    )
+    add_size_options(parser)
+    add_family_options(parser)
+    args = parser.parse_args(argv)
+    check_args(parser, args)
     return args
 
 
@@ -2293,6 +2322,55 @@ def describe_voices(plan: CorpusPlan) -> str:
     return "\n".join(lines)
 
 
+def synthesize_splits(plan: CorpusPlan, synthesis: Synthesis) -> dict[str, list[Utterance]]:
+    """Synthesise the evaluation splits, then each training family's share of train."""
+    results = {}
+    for split, specs in plan.eval_specs.items():
+        results[split] = synthesize_eval_split(specs, synthesis)
+    results[TRAIN_SPLIT] = []
+    for family in plan.training_families:
+        results[TRAIN_SPLIT] += synthesize_train_split(
+            plan.train_plans[family],
+            plan.train_budgets[family],
+            synthesis,
+            description=f"train {family}",
+        )
+    return results
+
+
+def plan_and_synthesize(
+    args: argparse.Namespace, sentences: list[str], staging_dir: Path
+) -> tuple[CorpusPlan, dict[str, list[Voice]], dict[str, dict[str, str]], dict[str, list[Utterance]]]:
+    """Find the voices, plan the corpus and synthesise it into ``staging_dir``:
+    ``(plan, voices, dropped voices, utterances per split)``."""
+    with (
+        tempfile.TemporaryDirectory(
+            prefix=FESTIVAL_WORK_DIR_PREFIX, ignore_cleanup_errors=True
+        ) as work_root,
+        multiprocessing.Pool(args.jobs) as pool,
+    ):
+        voices, dropped = find_voices(pool, work_root)
+        plan = plan_corpus(voices, sentences, args)
+        print(describe_voices(plan), flush=True)
+        results = synthesize_splits(plan, Synthesis(pool, args.jobs, staging_dir, work_root))
+    # Leaving the pool terminates it, dropping work queued beyond the training budget;
+    # then festival's temporary files go.
+    return plan, voices, dropped, results
+
+
+def write_splits(
+    plan: CorpusPlan, results: dict[str, list[Utterance]], out_dir: Path, staging_dir: Path
+) -> dict[str, list[Utterance]]:
+    """Give the utterances chapters, move them from ``staging_dir`` into each split; the layout."""
+    layout: dict[str, list[Utterance]] = {}
+    next_chapter_id = FIRST_CHAPTER_ID
+    for split in plan.splits:
+        layout[split], next_chapter_id = assign_chapters(results[split], next_chapter_id)
+        write_split(layout[split], out_dir, staging_dir)
+    shutil.rmtree(staging_dir)
+    return layout
+
+
 def build(args: argparse.Namespace) -> None:
     """Build the corpus described by ``args`` into ``args.out``."""
     out_dir: Path = args.out
@@ -2315,37 +2393,9 @@ def build(args: argparse.Namespace) -> None:
     prepare_output_dir(out_dir, parameters)
     staging_dir = out_dir / STAGING_DIR
     staging_dir.mkdir()
-    with (
-        tempfile.TemporaryDirectory(
-            prefix=FESTIVAL_WORK_DIR_PREFIX, ignore_cleanup_errors=True
-        ) as work_root,
-        multiprocessing.Pool(args.jobs) as pool,
-    ):
-        voices, dropped = find_voices(pool, work_root)
-        plan = plan_corpus(voices, sentences, args)
-        print(describe_voices(plan), flush=True)
-        synthesis = Synthesis(pool, args.jobs, staging_dir, work_root)
-        results = {}
-        for split, specs in plan.eval_specs.items():
-            results[split] = synthesize_eval_split(specs, synthesis)
-        results[TRAIN_SPLIT] = []
-        for family in plan.training_families:
-            results[TRAIN_SPLIT] += synthesize_train_split(
-                plan.train_plans[family],
-                plan.train_budgets[family],
-                synthesis,
-                description=f"train {family}",
-            )
-    # Leaving the pool terminates it, dropping work queued beyond the training budget;
-    # then festival's temporary files go.
-
+    plan, voices, dropped, results = plan_and_synthesize(args, sentences, staging_dir)
     check_splits(results, plan.held_out)
-    layout: dict[str, list[Utterance]] = {}
-    next_chapter_id = FIRST_CHAPTER_ID
-    for split in plan.splits:
-        layout[split], next_chapter_id = assign_chapters(results[split], next_chapter_id)
-        write_split(layout[split], out_dir, staging_dir)
-    shutil.rmtree(staging_dir)
+    layout = write_splits(plan, results, out_dir, staging_dir)
     write_lm_texts(out_dir, wordnet_files, plan.pools)
 
     summary = {split: split_summary(layout[split], plan.held_out) for split in plan.splits}
