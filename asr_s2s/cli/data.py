@@ -124,6 +124,27 @@ def cmd_lm_text(args) -> int:
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add the download, prepare, compute-cmvn, augment, tokens, lm-text commands."""
+    _register_download(sub, common)
+
+    p = sub.add_parser("prepare", parents=[common], help="write a manifest for a LibriSpeech-layout folder",
+                       description="Read spk/chapter/*.trans.txt and audio in place; write a JSON-lines manifest.")
+    p.add_argument("--data-dir", required=True, help="a LibriSpeech-layout folder, e.g. LibriSpeech/dev-clean")
+    p.add_argument("--out", required=True, help="manifest to write (JSON lines)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("compute-cmvn", parents=[common], help="global feature mean/std of a manifest",
+                       description="Compute global CMVN statistics of 80-dim fbank features over a manifest.")
+    p.add_argument("--manifest", required=True, help="training manifest")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--num-workers", type=int, default=1, help="DataLoader workers (default: 1)")
+    p.set_defaults(func=cmd_compute_cmvn)
+
+    _register_augment(sub, common)
+    _register_text_commands(sub, common)
+
+
+def _register_download(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """download: corpus archives, resumed and checked."""
     p = sub.add_parser("download", parents=[common], help="fetch corpus archives, resuming and checking MD5",
                        description="Download BASE_URL/FILE for each FILE into OUT_DIR. A broken-off transfer resumes "
                                    "with an HTTP Range request (also on the next run: the partial file is kept as "
@@ -140,19 +161,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--timeout", type=float, default=60.0, help="seconds without data before a transfer counts as broken (default: 60)")
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("prepare", parents=[common], help="write a manifest for a LibriSpeech-layout folder",
-                       description="Read spk/chapter/*.trans.txt and audio in place; write a JSON-lines manifest.")
-    p.add_argument("--data-dir", required=True, help="a LibriSpeech-layout folder, e.g. LibriSpeech/dev-clean")
-    p.add_argument("--out", required=True, help="manifest to write (JSON lines)")
-    p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("compute-cmvn", parents=[common], help="global feature mean/std of a manifest",
-                       description="Compute global CMVN statistics of 80-dim fbank features over a manifest.")
-    p.add_argument("--manifest", required=True, help="training manifest")
-    p.add_argument("--out", required=True, help="JSON file to write")
-    p.add_argument("--num-workers", type=int, default=1, help="DataLoader workers (default: 1)")
-    p.set_defaults(func=cmd_compute_cmvn)
-
+def _register_augment(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """augment: the fixed test conditions' audio."""
     p = sub.add_parser("augment", parents=[common], help="write augmented copies of a manifest's audio (test conditions)",
                        description="Apply the augmentation entries of a YAML file ('augment: [{name: ..., prob: ..., "
                                    "...params}]', as in train.augment; an experiment config's train.augment works too) "
@@ -170,6 +181,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--num-workers", type=int, default=1, help="worker processes (default: 1; 0 runs in this one)")
     p.set_defaults(func=cmd_augment)
 
+
+def _register_text_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """tokens and lm-text: the token list and the LM text of training manifests."""
     p = sub.add_parser("tokens", parents=[common], help="write the token list of training manifests",
                        description="Write tokens.txt: <blank>, <sos/eos>, the built-in characters (A-Z, apostrophe, "
                                    "space) and any other character found in the normalised transcripts; print which "
