@@ -1,0 +1,93 @@
+"""The data side of a training run: its two loaders, the check that labels fit CTC, an epoch's batches
+from any point without drawing from the global generators, and the warnings about utterances that
+failed to load or to augment."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader
+
+from asr_s2s.audio import SAMPLE_RATE_HZ
+from asr_s2s.config import TrainConfig
+from asr_s2s.dataset import SpeechDataset, make_loader
+from asr_s2s.features import num_frames
+from asr_s2s.model import ASRModel
+
+log = logging.getLogger("asr_s2s.trainer")  # a training run's messages keep the trainer's logger name
+
+
+def training_loaders(
+    train_set: SpeechDataset, valid_set: SpeechDataset, config: TrainConfig, rank: int, world_size: int,
+) -> tuple[DataLoader, DataLoader | list]:
+    """This rank's shuffled training loader and its share of the validation set (none beyond the set's size)."""
+    train_loader = make_loader(
+        train_set, config.max_batch_seconds, shuffle=True, seed=config.seed,
+        num_workers=config.num_workers, max_batch_size=config.max_batch_size,
+        sortagrad_epochs=config.sortagrad_epochs, rank=rank, world_size=world_size,
+    )
+    valid_loader = make_loader(
+        valid_set, config.valid_max_batch_seconds, shuffle=False, num_workers=0,
+        rank=rank, world_size=min(world_size, len(valid_set)),
+    ) if rank < len(valid_set) else []
+    return train_loader, valid_loader
+
+
+def count_ctc_infeasible(dataset: SpeechDataset, model: ASRModel) -> int:
+    """Warn about, and count, utterances whose labels are too long for their encoder length.
+
+    CTC needs one frame per label plus one per repeated pair; such utterances
+    still train the attention decoder but give the CTC head nothing.
+    """
+    if model.ctc is None:
+        return 0
+    bad = []
+    for utt, ids in zip(dataset.utterances, dataset.token_ids):
+        frames = num_frames(int(utt.duration * SAMPLE_RATE_HZ))
+        enc = int(model.encoder.output_lengths(torch.tensor([frames]))[0])
+        need = len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
+        if need > enc:
+            bad.append(f"{utt.id} ({need} labels > {enc} frames)")
+    if bad:
+        log.warning(
+            "%d of %d utterances are too long for CTC at %dx time reduction, e.g. %s. "
+            "Use fewer pyramid layers or set model.ctc_weight: 0.",
+            len(bad), len(dataset), model.encoder.time_reduction, ", ".join(bad[:3]),
+        )
+    return len(bad)
+
+
+def epoch_batches(loader: DataLoader, done: int) -> Iterator:
+    """An iterator over ``loader``'s batches of this epoch from the ``done``-th on, drawing nothing from the global RNGs.
+
+    Creating a DataLoader iterator draws a worker seed from torch's global
+    generator; that draw is undone, so that a run resumed mid-epoch draws
+    exactly the random numbers (dropout, SpecAugment) of an uninterrupted one.
+    """
+    rng = torch.get_rng_state()
+    if done:
+        loader = DataLoader(
+            loader.dataset, batch_sampler=loader.batch_sampler.batches()[done:], collate_fn=loader.collate_fn,
+            num_workers=loader.num_workers,
+        )
+    batches = iter(loader)
+    torch.set_rng_state(rng)
+    return batches
+
+
+def report_failed(batch) -> int:
+    """Warn about each utterance of ``batch`` that failed to load; return how many did."""
+    for utt_id, reason in batch.failed:
+        log.warning("skipping %s: %s", utt_id, reason)
+    return len(batch.failed)
+
+
+def report_augment_failures(batch, counts: dict[str, int]) -> None:
+    """Warn about the first failure of each ``train.augment`` entry in an epoch; count them all in ``counts``."""
+    for utt_id, failure in batch.augment_failures:
+        if failure.where not in counts:
+            log.warning("%s failed on %s and was skipped for it: %s (later failures of this entry are only "
+                        "counted)", failure.where, utt_id, failure.reason)
+        counts[failure.where] = counts.get(failure.where, 0) + 1
