@@ -18,6 +18,7 @@ import torch
 
 from asr_s2s.checkpoints import read_checkpoint
 from asr_s2s.errors import AsrS2SError
+from asr_s2s.files import write_text_atomically
 from asr_s2s.package import load_package, save_package
 from asr_s2s.plugins import Registry
 from asr_s2s.experiment import CHECKPOINT_DIR, LOG_FILE
@@ -127,6 +128,6 @@ def average_package(
         raise AverageError(f"{exp_dir / 'model'}: its config does not match the checkpoints' weights: {detail}") from None
     out = Path(out) if out is not None else exp_dir / f"model_avg{n}_{best_by}"
     save_package(model, config.decode, out, registry)
-    (out / "average.json").write_text(json.dumps({"epochs": epochs, "best_by": best_by, "avg": n}) + "\n")
+    write_text_atomically(out / "average.json", json.dumps({"epochs": epochs, "best_by": best_by, "avg": n}) + "\n")
     log.info("averaged epochs %s (%s) into %s", epochs, best_by, out)
     return out, epochs

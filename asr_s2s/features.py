@@ -13,6 +13,7 @@ import torchaudio
 from torch import nn
 
 from asr_s2s.audio import SAMPLE_RATE_HZ
+from asr_s2s.files import write_text_atomically
 from asr_s2s.errors import CMVNError
 
 NUM_MEL_BINS = 80
@@ -76,7 +77,7 @@ class CMVNStats:
         return cls(tuple(mean.tolist()), tuple(var.sqrt().tolist()), count)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"mean": self.mean, "std": self.std, "frames": self.frames}) + "\n")
+        write_text_atomically(path, json.dumps({"mean": self.mean, "std": self.std, "frames": self.frames}) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> CMVNStats:

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from asr_s2s.config import DecodeConfig, ExperimentConfig, ModelConfig, from_dict, to_dict
 from asr_s2s.errors import AsrS2SError, ConfigError, ModelPackageError
 from asr_s2s.features import CMVNStats
+from asr_s2s.files import default_mode, exchange, fsync_directory, fsync_file
 from asr_s2s.interfaces import Decoder, LanguageModel
 from asr_s2s.model import ASRModel
 from asr_s2s.plugins import Registry
@@ -79,22 +80,34 @@ def _save_weights(module: torch.nn.Module, path: Path) -> None:
 
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
-    """Fill a temporary sibling directory with ``write``, then swap it in for ``path``."""
+    """Fill a temporary sibling directory with ``write``, flush it to disk, then swap it in for ``path``.
+
+    Where the system can (Linux), the swap is one atomic exchange: a reader finds
+    the old package or the new one, never neither. The folder gets the usual
+    mode (``0o777`` less the umask), not ``mkdtemp``'s private ``0o700``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         write(tmp)
+        for file in tmp.iterdir():
+            fsync_file(file)
+        os.chmod(tmp, default_mode(directory=True))
+        fsync_directory(tmp)
+        if path.exists() and exchange(tmp, path):
+            shutil.rmtree(tmp)  # it now holds the old package
+        elif path.exists():  # no atomic exchange here: a moment without either
+            old = path.with_name(path.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if path.exists():
-        old = path.with_name(path.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, path)
+    fsync_directory(path.parent)
     return path
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from asr_s2s.errors import TokenizerError
+from asr_s2s.files import write_text_atomically
 
 BLANK = "<blank>"
 SOS_EOS = "<sos/eos>"
@@ -75,7 +76,7 @@ class CharTokenizer:
         return "".join(self.tokens[i] for i in ids if i > self.sos_id)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text("".join((SPACE if t == " " else t) + "\n" for t in self.tokens))
+        write_text_atomically(path, "".join((SPACE if t == " " else t) + "\n" for t in self.tokens))
 
     @classmethod
     def load(cls, path: str | Path) -> CharTokenizer:
