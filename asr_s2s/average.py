@@ -20,7 +20,7 @@ from asr_s2s.checkpoints import read_checkpoint
 from asr_s2s.errors import AsrS2SError
 from asr_s2s.files import write_text_atomically
 from asr_s2s.package import load_package, save_package
-from asr_s2s.plugins import Registry
+from asr_s2s.registry import Registry
 from asr_s2s.experiment import CHECKPOINT_DIR, LOG_FILE
 
 log = logging.getLogger(__name__)

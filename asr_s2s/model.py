@@ -13,7 +13,7 @@ from asr_s2s.dataset import IGNORE_ID
 from asr_s2s.errors import ConfigError
 from asr_s2s.features import CMVNStats, Frontend
 from asr_s2s.interfaces import Decoder, Encoder
-from asr_s2s.plugins import Registry
+from asr_s2s.registry import Registry
 from asr_s2s.tokenizer import CharTokenizer
 
 

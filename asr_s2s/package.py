@@ -35,7 +35,7 @@ from asr_s2s.features import CMVNStats
 from asr_s2s.files import default_mode, exchange, fsync_directory, fsync_file
 from asr_s2s.interfaces import Decoder, LanguageModel
 from asr_s2s.model import ASRModel
-from asr_s2s.plugins import Registry
+from asr_s2s.registry import Registry
 from asr_s2s.tokenizer import CharTokenizer
 
 FORMAT_VERSION = 1

@@ -16,7 +16,7 @@ from asr_s2s.dataset import Batch, SpeechDataset, make_loader
 from asr_s2s.interfaces import Scorer
 from asr_s2s.manifest import Utterance
 from asr_s2s.model import ASRModel
-from asr_s2s.plugins import Registry
+from asr_s2s.registry import Registry
 from asr_s2s.search import BeamSearch, Hypothesis, greedy_search
 
 log = logging.getLogger(__name__)

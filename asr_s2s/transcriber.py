@@ -38,7 +38,7 @@ from asr_s2s.config import DecodeConfig
 from asr_s2s.errors import AsrS2SError, AudioLoadError, ConfigError
 from asr_s2s.features import FRAME_SHIFT_MS, fbank
 from asr_s2s.model import ASRModel
-from asr_s2s.plugins import Registry
+from asr_s2s.registry import Registry
 from asr_s2s.recognizer import Recognition, Recognizer, output_warning
 from asr_s2s.transcription import AudioInput, FileResult, Segment, TranscribeOptions, Transcription, Word
 from asr_s2s.vad import AudioSegment, stream_segments
@@ -329,7 +329,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", disa
     :raises ModelPackageError: naming the missing, corrupt or mismatched file.
     """
     from asr_s2s.package import load_package, model_id_of
-    from asr_s2s.plugins import get_plugin_manager
+    from asr_s2s.registry import get_plugin_manager
 
     if registry is None:
         registry = Registry(get_plugin_manager(disable=disable_plugins))

@@ -30,7 +30,7 @@ from asr_s2s.config import load_config
 from asr_s2s.features import fbank
 from asr_s2s.interfaces import AugmentationContext, Signal
 from asr_s2s.manifest import Utterance
-from asr_s2s.plugins import Registry
+from asr_s2s.registry import Registry
 
 REPO = Path(__file__).resolve().parents[1]
 WARM_UP_CALLS = 60  # enough draws to build every room of a 16-room reverb bank (all but 1 in 250 runs)

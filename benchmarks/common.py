@@ -11,7 +11,7 @@ import torch
 from asr_s2s.config import ModelConfig, load_config
 from asr_s2s.features import CMVNStats
 from asr_s2s.model import ASRModel
-from asr_s2s.plugins import Registry
+from asr_s2s.registry import Registry
 from asr_s2s.tokenizer import CharTokenizer
 
 # The scorer issue's reference model: 4 BLSTM layers of 320 units per direction with

@@ -40,7 +40,7 @@ from asr_s2s.config import DecodeConfig
 from asr_s2s.dataset import SpeechDataset
 from asr_s2s.manifest import read_manifest
 from asr_s2s.package import load_package
-from asr_s2s.plugins import Registry
+from asr_s2s.registry import Registry
 from asr_s2s.recognizer import Recognizer
 
 FRAMES_PER_SECOND = 100

@@ -69,7 +69,7 @@ def load(model_dir: str | None):
     from asr_s2s.config import load_config
     from asr_s2s.features import CMVNStats
     from asr_s2s.model import ASRModel
-    from asr_s2s.plugins import Registry
+    from asr_s2s.registry import Registry
     from asr_s2s.tokenizer import CharTokenizer
     from asr_s2s.transcriber import TranscribeOptions, Transcriber
 

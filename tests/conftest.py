@@ -22,7 +22,7 @@ from asr_s2s.dataset import IGNORE_ID, Batch, SpeechDataset, collate
 from asr_s2s.features import CMVNStats
 from asr_s2s.manifest import Utterance, read_librispeech_dir
 from asr_s2s.model import ASRModel
-from asr_s2s.plugins import DISABLE_AUTOLOAD_ENV, DISABLE_PLUGINS_ENV, Registry
+from asr_s2s.registry import DISABLE_AUTOLOAD_ENV, DISABLE_PLUGINS_ENV, Registry
 from asr_s2s.recognizer import build_scorers
 from asr_s2s.search import BeamSearch, SearchOptions, greedy_search
 from asr_s2s.tokenizer import CharTokenizer

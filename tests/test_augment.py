@@ -20,7 +20,7 @@ from asr_s2s.dataset import SpeechDataset, make_loader
 from asr_s2s.errors import ConfigError, PluginError
 from asr_s2s.features import fbank
 from asr_s2s.interfaces import Augmentation, AugmentationContext, Signal
-from asr_s2s.plugins import ConfigKeyError, Registry, get_plugin_manager
+from asr_s2s.registry import ConfigKeyError, Registry, get_plugin_manager
 from asr_s2s.hookspecs import hookimpl
 
 

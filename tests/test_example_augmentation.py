@@ -16,7 +16,7 @@ from asr_s2s.augment import AugmentationChain
 from asr_s2s.audio import load_audio
 from asr_s2s.dataset import SpeechDataset
 from asr_s2s.interfaces import AugmentationContext, Signal
-from asr_s2s.plugins import Registry
+from asr_s2s.registry import Registry
 
 from conftest import FIXTURE_DIR, REPO, TINY_YAML, install_example
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from asr_s2s.errors import ConfigError, PluginError
-from asr_s2s.plugins import ConfigKeyError, Registry
+from asr_s2s.registry import ConfigKeyError, Registry
 from asr_s2s.recognizer import build_scorers
 
 from conftest import FIXTURE_DIR, REPO, install_example, make_search

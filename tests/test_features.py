@@ -8,7 +8,7 @@ import soundfile
 import torch
 import torchaudio
 
-from asr_s2s.audio import SAMPLE_RATE_HZ, load_audio
+from asr_s2s.audio import load_audio
 from asr_s2s.errors import CMVNError
 from asr_s2s.features import (
     FRAMES_PER_SECOND,

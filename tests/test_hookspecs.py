@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from asr_s2s import hookspecs, interfaces
-from asr_s2s.plugins import KINDS, _HOOK_OF_KIND
+from asr_s2s.registry import KINDS, _HOOK_OF_KIND
 
 HOOKS = [name for name, fn in vars(hookspecs).items() if name.startswith("asr_s2s_") and callable(fn)]
 SHAPELESS = {"from_model"}  # builds a component; documented on the component

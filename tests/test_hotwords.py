@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from asr_s2s.errors import ConfigError
-from asr_s2s.plugins import ConfigKeyError
+from asr_s2s.registry import ConfigKeyError
 from asr_s2s.recognizer import build_scorers
 from asr_s2s_plugins.hotwords import HotwordsScorer
 from conftest import make_search

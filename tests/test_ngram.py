@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from asr_s2s.errors import ConfigError
-from asr_s2s.plugins import Registry
+from asr_s2s.registry import Registry
 from asr_s2s.search import BeamSearch
 from asr_s2s.tokenizer import CharTokenizer
 from asr_s2s_plugins.ngram import TABLES_SUFFIX, ArpaError, NgramScorer, NgramTables, load_tables, read_arpa

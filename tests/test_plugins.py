@@ -1,4 +1,4 @@
-"""asr_s2s.plugins: entry-point discovery, the component registry and its errors.
+"""asr_s2s.registry: entry-point discovery, the component registry and its errors.
 
 Third-party plugins are installed for real: a module plus a ``.dist-info``
 folder with ``entry_points.txt`` on ``sys.path``, which is what pip leaves
@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 
-import pluggy
 import pytest
 import torch
 
 from asr_s2s.errors import PluginError
 from asr_s2s.model import ASRModel
-from asr_s2s.plugins import (
+from asr_s2s.registry import (
     DISABLE_AUTOLOAD_ENV,
     DISABLE_PLUGINS_ENV,
     ConfigKeyError,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from asr_s2s.errors import ScorerError
-from asr_s2s.plugins import Registry
+from asr_s2s.registry import Registry
 from asr_s2s.transcriber import load_model
 from conftest import install_plugin, make_search
 

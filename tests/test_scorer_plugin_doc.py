@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from asr_s2s.plugins import Registry
+from asr_s2s.registry import Registry
 from asr_s2s.transcriber import load_model
 from conftest import REPO
 

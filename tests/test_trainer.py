@@ -169,7 +169,7 @@ def test_warmup_cosine_schedule():
 # -- faults: interruptions, NaN/inf losses, out of memory, unsafe or broken checkpoints ------------------
 from asr_s2s.errors import CheckpointError, ConfigError, TrainingError  # noqa: E402
 from asr_s2s.model import ASRModel  # noqa: E402
-from asr_s2s.plugins import Registry  # noqa: E402
+from asr_s2s.registry import Registry  # noqa: E402
 from asr_s2s.trainer import is_out_of_memory  # noqa: E402
 
 from conftest import install_plugin, write_pickle_bomb  # noqa: E402

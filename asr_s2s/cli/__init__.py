@@ -8,14 +8,14 @@ model, plugin), 141 stdout closed early.
 module                    commands
 ========================  =====================================================
 :mod:`.plugins`           ``plugins``
-:mod:`.data`              ``download``, ``prepare``, ``compute-cmvn``, ``augment``, ``tokens``
+:mod:`.data`              ``download``, ``prepare``, ``compute-cmvn``, ``augment``, ``tokens``, ``lm-text``
 :mod:`.train`             ``train``
 :mod:`.lm`                ``train-lm``
 :mod:`.average`           ``average``
-:mod:`.results`           ``results`` (a recipe's best weights and tables)
+:mod:`.results`           ``results`` (a recipe's best weights, tables and RESULTS.md)
 :mod:`.evaluate`          ``evaluate``
 :mod:`.transcribe`        ``transcribe``
-:mod:`.options`           exit codes, ``--device``/``--threads``, the decode flags and their merge
+:mod:`.options`           exit codes, ``--device``/``--threads``, the decode flags (``decode_overrides``)
 :mod:`.main`              the parser, global flags, ``main``
 ========================  =====================================================
 """

@@ -14,7 +14,7 @@ EXIT_BROKEN_PIPE = 128 + 13  # as a process killed by SIGPIPE reports it to the 
 
 
 def registry_from(args):
-    from asr_s2s.plugins import Registry, get_plugin_manager
+    from asr_s2s.registry import Registry, get_plugin_manager
 
     return Registry(get_plugin_manager(disable=args.disable_plugin))
 
@@ -118,7 +118,7 @@ def _end_margin(text: str) -> float:
 def _checked_scorer_flags(args, registry) -> tuple[dict[str, float], dict[str, dict]]:
     """``--scorer`` weights and ``--scorer-param`` params, each name and key checked against the registry,
     so that a typo is reported as the flag the user typed rather than as a config path."""
-    from asr_s2s.plugins import accepted_params
+    from asr_s2s.registry import accepted_params
 
     weights = _parse_scorer_weights(args.scorer)
     for name in weights:
