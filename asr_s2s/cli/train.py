@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 from pathlib import Path
 
@@ -29,20 +30,35 @@ def _augmentation_chain(config, registry, utterances):
 
 
 def cmd_train(args) -> int:
+    from asr_s2s import distributed
     from asr_s2s.config import load_config
+    from asr_s2s.experiment import lock_experiment
+
+    config = with_epochs(load_config(args.config), args.epochs)
+    set_threads(args)
+    dist_info = distributed.init_from_env(args.device)  # under torchrun: join the process group
+    # rank 0 holds the experiment folder from the start: a second run on it is refused before any work
+    with lock_experiment(args.exp_dir) if dist_info.is_main else contextlib.nullcontext():
+        trained = _train(args, config, dist_info)
+    distributed.cleanup()
+    return EXIT_OK if trained is None else _report(*trained, config)
+
+
+def _train(args, config, dist_info):
+    """Build the data and the model, train, and (rank 0) export the package.
+
+    :returns: the trainer, its epoch results and the package path on rank 0; None on the other ranks.
+    """
+    from asr_s2s import distributed
     from asr_s2s.dataset import SpeechDataset
+    from asr_s2s.experiment import seed_everything
     from asr_s2s.features import CMVNStats
     from asr_s2s.manifest import read_manifest
     from asr_s2s.model import ASRModel
     from asr_s2s.package import save_package
     from asr_s2s.tokenizer import CharTokenizer
-    from asr_s2s import distributed
-    from asr_s2s.experiment import seed_everything
     from asr_s2s.trainer import Trainer, latest_checkpoint
 
-    config = with_epochs(load_config(args.config), args.epochs)
-    set_threads(args)
-    dist_info = distributed.init_from_env(args.device)  # under torchrun: join the process group
     registry = registry_from(args)
     tokenizer = CharTokenizer.load(args.tokens) if args.tokens else CharTokenizer()
     cache = config.train.feature_cache
@@ -65,10 +81,11 @@ def cmd_train(args) -> int:
     results = trainer.fit(resume=args.resume)
     distributed.barrier()
     if not dist_info.is_main:  # rank 0 alone writes the package and reports
-        distributed.cleanup()
-        return EXIT_OK
-    package = save_package(trainer.model.cpu(), config.decode, exp_dir / "model", registry)
-    distributed.cleanup()
+        return None
+    return trainer, results, save_package(trainer.model.cpu(), config.decode, exp_dir / "model", registry)
+
+
+def _report(trainer, results, package, config) -> int:
     last = results[-1] if results else None
     summary = f"model package: {package}"
     if last:
