@@ -88,10 +88,11 @@ def _replace_with(path: Path, write: Callable[[int, Path], object]) -> Path:
     tmp = Path(name)
     try:
         try:
+            os.fchmod(fd, default_mode())
             write(fd, tmp)
         finally:
             os.close(fd)
-        fsync_file(tmp)  # reopened: ``write`` may have rewritten (or replaced) the file by name
+        fsync_file(tmp)  # reopened: ``write`` may have rewritten the file by name
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -101,10 +102,9 @@ def _replace_with(path: Path, write: Callable[[int, Path], object]) -> Path:
 
 
 def fsync_file(path: str | os.PathLike) -> None:
-    """Give a file the usual mode (:func:`default_mode`) and flush its data to disk (symlinks are not followed)."""
+    """Flush a file's data to disk (symlinks are not followed)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     try:
-        os.fchmod(fd, default_mode())
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -91,6 +91,7 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
     try:
         write(tmp)
         for file in tmp.iterdir():
+            os.chmod(file, default_mode())  # safetensors writes 0o600
             fsync_file(file)
         os.chmod(tmp, default_mode(directory=True))
         fsync_directory(tmp)

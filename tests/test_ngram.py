@@ -625,3 +625,10 @@ def test_a_word_lm_does_not_cut_outputs_short_with_the_eos_threshold(tmp_path, t
     for weight in (0.5, 1.0, 2.0):
         assert mean_length({"decoder": 1.0, "ngram": weight}, eos_threshold=1.5) >= 0.8 * alone, weight
     assert mean_length({"decoder": 1.0, "ngram": 0.0}, eos_threshold=1.5) == alone, "without an LM it changes nothing here"
+
+
+def test_an_arpa_path_that_is_not_a_regular_file_is_refused_at_once(tmp_path):
+    """/dev/zero (or a folder) given as the LM: a clear error, never an endless hash."""
+    for path in ("/dev/zero", tmp_path):
+        with pytest.raises(ArpaError, match="not a regular file"):
+            load_tables(path)

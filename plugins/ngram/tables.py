@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from asr_s2s.files import write_atomically
 
-from .arpa import BOS, FLOOR_LOGPROB, UNK, ArpaModel, read_arpa
+from .arpa import BOS, FLOOR_LOGPROB, UNK, ArpaError, ArpaModel, read_arpa
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,8 @@ def load_tables(path: str | Path) -> NgramTables:
     :raises ArpaError: for a missing or malformed ARPA file.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # /dev/zero would hash for ever
+        raise ArpaError(f"{path}: not a regular file; give an ARPA file (plain or .gz)")
     cache = path.with_name(path.name + TABLES_SUFFIX)
     try:
         mode, digest = path.stat().st_mode, _file_digest(path)
