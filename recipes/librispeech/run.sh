@@ -134,10 +134,15 @@ for s in $subsets; do
 done
 
 # -- 2. extract and prepare -----------------------------------------------------------
+# A tarball newer than its stage-2 marker changed since it was extracted: extract it again. asr-s2s extract
+# checks its MD5 first unless the download marker is newer, and never applies the archive's owners or modes.
 for s in $subsets; do
+  tarball="$data_dir/$s.tar.gz"
+  if [ -f "$dump/.$s.done" ] && [ "$tarball" -nt "$dump/.$s.done" ]; then rm -f "$dump/.$s.done"; fi
   if run_stage 2 "$dump/.$s.done" "extract $s and write its manifest"; then
     rm -rf "${corpus:?}/$s"  # a cut-short extraction starts over
-    tar -xzf "$data_dir/$s.tar.gz" -C "$data_dir"
+    asr-s2s extract --md5sums "$md5sums" --verified-marker "$data_dir/.$s.download.done" --out-dir "$data_dir" \
+      "$tarball" >/dev/null
     [ -d "$corpus/$s" ] || { echo "run.sh: $s.tar.gz holds no LibriSpeech/$s folder" >&2; exit 1; }
     asr-s2s prepare --data-dir "$corpus/$s" --out "$dump/$s.jsonl"
     touch "$dump/.$s.done"
