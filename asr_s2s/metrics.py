@@ -1,4 +1,10 @@
-"""Word and character error rates with jiwer."""
+"""Word and character error rates with jiwer.
+
+Scoring compares references as written: :func:`scoring_text` upper-cases both
+sides and collapses whitespace, and changes nothing else (punctuation,
+apostrophes and accents stay). An utterance without a hypothesis is scored
+against the empty string, so all its reference words count as deletions.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import jiwer
+
+
+def scoring_text(text: str) -> str:
+    """The text that is scored: upper case, words separated by single spaces, nothing else changed."""
+    return " ".join(text.upper().split())
 
 
 @dataclass(frozen=True)
@@ -30,13 +41,16 @@ class ErrorRates:
 
 
 def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> ErrorRates:
-    """Corpus-level error rates of aligned reference/hypothesis lists."""
+    """Corpus-level error rates of aligned reference/hypothesis lists, both sides
+    normalised by :func:`scoring_text` (an empty hypothesis is all deletions)."""
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
     if not references:
         raise ValueError("no utterances to score")
-    words = jiwer.process_words(list(references), list(hypotheses))
-    chars = jiwer.process_characters(list(references), list(hypotheses))
+    references = [scoring_text(r) for r in references]
+    hypotheses = [scoring_text(h) for h in hypotheses]
+    words = jiwer.process_words(references, hypotheses)
+    chars = jiwer.process_characters(references, hypotheses)
     n_words = words.hits + words.substitutions + words.deletions
     n_chars = chars.hits + chars.substitutions + chars.deletions
     return ErrorRates(
@@ -56,8 +70,8 @@ def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> ErrorRa
 
 
 def alignment_text(utt_id: str, reference: str, hypothesis: str) -> str:
-    """A readable REF/HYP word alignment of one utterance, headed by its id."""
-    output = jiwer.process_words(reference, hypothesis)
+    """A readable REF/HYP word alignment of one utterance (both sides by :func:`scoring_text`), headed by its id."""
+    output = jiwer.process_words(scoring_text(reference), scoring_text(hypothesis))
     shown = jiwer.visualize_alignment(output, show_measures=False, skip_correct=False)
     body = shown.split("\n", 1)[1].strip("\n")  # drop jiwer's "=== SENTENCE 1 ===" header
     return f"=== {utt_id} (WER {100 * output.wer:.1f}%) ===\n{body}\n"

@@ -29,6 +29,9 @@ def normalize_text(text: str) -> str:
     hyphens and slashes become spaces, other punctuation is removed and
     whitespace collapsed. Characters outside the alphabet (digits, other
     scripts) are kept so that :meth:`CharTokenizer.encode` can reject them.
+    This is the text a model learns to write (training targets, LM text,
+    hotwords); ``evaluate`` scores against the reference as written instead
+    (:func:`asr_s2s.metrics.scoring_text`: upper case and whitespace only).
     """
     text = unicodedata.normalize("NFKD", text)
     text = "".join(c for c in text if not unicodedata.combining(c))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from asr_s2s.metrics import ErrorRates, alignment_text, error_rates, format_table
+from asr_s2s.metrics import ErrorRates, alignment_text, error_rates, format_table, scoring_text
 
 
 def test_counts_by_hand():
@@ -65,3 +65,28 @@ def test_format_table():
 def test_alignment_of_an_exact_match():
     text = alignment_text("u1", "THE CAT", "THE CAT")
     assert text.startswith("=== u1 (WER 0.0%) ===") and "REF: THE CAT" in text and "HYP: THE CAT" in text
+
+
+def test_scoring_text_changes_case_and_whitespace_only():
+    assert scoring_text("  'Tis the\tdogs'  bone\n") == "'TIS THE DOGS' BONE"
+    assert scoring_text("don't, café!") == "DON'T, CAFÉ!", "punctuation and accents are kept as written"
+    assert scoring_text("") == ""
+
+
+def test_references_keep_their_apostrophes_and_both_sides_are_normalised_alike():
+    rates = error_rates(["'Tis the  dogs' bone"], ["TIS THE DOGS bone"])
+    assert (rates.substitutions, rates.deletions, rates.insertions) == (2, 0, 0)
+    assert rates.words == 4 and rates.characters == len("'TIS THE DOGS' BONE")
+    assert (rates.char_substitutions, rates.char_deletions, rates.char_insertions) == (0, 2, 0)
+    assert error_rates(["a b"], ["A\tB "]).sentence_errors == 0
+
+
+def test_an_empty_hypothesis_is_all_deletions():
+    rates = error_rates(["GONE FOR GOOD", "A"], ["", "A"])
+    assert (rates.substitutions, rates.deletions, rates.insertions) == (0, 3, 0)
+    assert rates.char_deletions == len("GONE FOR GOOD") and rates.sentence_errors == 1
+
+
+def test_alignment_shows_the_reference_as_written():
+    text = alignment_text("u1", "'tis the  dogs'", "TIS THE DOGS")
+    assert "REF: 'TIS THE DOGS'" in text and "HYP:  TIS THE  DOGS" in text

@@ -44,8 +44,6 @@ def _decode_shared(recognizer, utterances, args, dist_info):
 def cmd_evaluate(args) -> int:
     from asr_s2s import distributed
     from asr_s2s.manifest import read_librispeech_dir, read_manifest
-    from asr_s2s.metrics import alignment_text, error_rates, format_table
-    from asr_s2s.tokenizer import normalize_text
 
     check_output_dir(args.output_dir, "--output-dir")
     dist_info = distributed.init_from_env(args.device)  # under torchrun: each rank decodes a share
@@ -58,34 +56,72 @@ def cmd_evaluate(args) -> int:
     results = _decode_shared(recognizer, utterances, args, dist_info)
     if results is None:  # not rank 0: rank 0 writes and prints
         return EXIT_OK
-    scored = [(u, r) for u, r in zip(utterances, results) if r.error is None]
+    return _score(utterances, results, set_name, args)
+
+
+def _score(utterances, results, set_name: str, args) -> int:
+    """Score every utterance, writing hyp.trn, alignments.txt and results.json; an utterance
+    that could not be decoded has the empty hypothesis, so its reference words are all deletions."""
+    from asr_s2s.metrics import error_rates, format_table
+
     failed = [(u, r) for u, r in zip(utterances, results) if r.error is not None]
     for _, r in failed:
         log.error("failed %s: %s", r.id, r.error)
-    if not scored:
+    note = _failure_note(failed, len(utterances))
+    if note:
+        ids = " ".join(u.id for u, _ in failed[:20]) + (" ..." if len(failed) > 20 else "")
+        log.warning("not decoded: %s; %s", ids, note)
+    if len(failed) == len(utterances):
         log.error("no utterance could be decoded")
-        return EXIT_SOME_FAILED
-    refs = [normalize_text(u.text) for u, _ in scored]
-    rates = error_rates(refs, [r.text for _, r in scored])
+    hyps = [_hypothesis(r) for r in results]
+    rates = error_rates([u.text for u in utterances], hyps)
+    summary = {"set": set_name, **rates.as_dict(), "failed": len(failed)}
     out_dir = Path(args.output_dir or f"decode_{set_name}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / "hyp.trn").open("w") as hyp_file, (out_dir / "alignments.txt").open("w") as ali_file:
-        for (u, r), ref in zip(scored, refs):
-            hyp_file.write(f"{r.text} ({u.id})\n")
-            ali_file.write(alignment_text(u.id, ref, r.text) + "\n")
-    (out_dir / "results.json").write_text(json.dumps({"set": set_name, **rates.as_dict(), "failed": len(failed)}, indent=2) + "\n")
+    _write_outputs(out_dir, utterances, results, summary)
     log.info("per-utterance hypotheses and alignments in %s", out_dir)
     if args.json:
-        print(json.dumps({"set": set_name, **rates.as_dict(), "failed": len(failed)}))
+        print(json.dumps(summary))
     else:
-        print(format_table([(set_name, rates)]))
+        print(format_table([(set_name, rates)]) + (f"\n\n{note}" if note else ""))
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _hypothesis(result) -> str:
+    return "" if result.error is not None else result.text
+
+
+def _failure_note(failed, total: int) -> str:
+    """What the summary says of utterances that could not be decoded ("" if none)."""
+    from asr_s2s.metrics import scoring_text
+
+    if not failed:
+        return ""
+    words = sum(len(scoring_text(u.text).split()) for u, _ in failed)
+    return (f"{len(failed)} of {total} utterances failed to decode and are scored as empty hypotheses: "
+            f"their {words} reference words count as deletions")
+
+
+def _write_outputs(out_dir: Path, utterances, results, summary: dict) -> None:
+    """hyp.trn, alignments.txt, then results.json, each written whole (temporary file and rename)."""
+    from asr_s2s.files import write_text_atomically
+    from asr_s2s.metrics import alignment_text
+
+    hyp_lines, alignments = [], []
+    for u, r in zip(utterances, results):
+        hyp_lines.append(f"{_hypothesis(r)} ({u.id})\n")
+        failure = "" if r.error is None else f"NOT DECODED: {r.error.splitlines()[0] if r.error else ''}\n"
+        alignments.append(alignment_text(u.id, u.text, _hypothesis(r)) + failure + "\n")
+    write_text_atomically(out_dir / "hyp.trn", "".join(hyp_lines))
+    write_text_atomically(out_dir / "alignments.txt", "".join(alignments))
+    write_text_atomically(out_dir / "results.json", json.dumps(summary, indent=2) + "\n")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser, decode: argparse.ArgumentParser) -> None:
     """Add the evaluate command."""
     p = sub.add_parser("evaluate", parents=[common, decode], help="decode a test set and print WER/CER",
-                       description="Decode a manifest or LibriSpeech-layout folder, score with jiwer, "
+                       description="Decode a manifest or LibriSpeech-layout folder, score with jiwer against "
+                                   "the references as written (both sides upper-cased, whitespace collapsed; "
+                                   "an utterance that fails to decode counts as all deletions), "
                                    "and write per-utterance hypotheses and alignments. Under 'torchrun "
                                    "--nproc_per_node=N --no-python asr-s2s evaluate ...' each process decodes every "
                                    "N-th utterance and rank 0 merges, scores and writes.")
