@@ -6,17 +6,18 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from asr_s2s.audio import SAMPLE_RATE_HZ, load_audio
+from asr_s2s.audio import MAX_DURATION_S, SAMPLE_RATE_HZ, AudioTooLongError, load_audio
 from asr_s2s.augment import AugmentationChain, Failure
 from asr_s2s.batching import BucketBatchSampler
 from asr_s2s.errors import AsrS2SError, TokenizerError
 from asr_s2s.features import fbank
 from asr_s2s.interfaces import Signal
-from asr_s2s.manifest import Utterance
+from asr_s2s.manifest import Utterance, check_duration, duration_tolerance_s
 from asr_s2s.tokenizer import CharTokenizer, normalize_text
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class SpeechDataset(Dataset):
             feats, duration_s = cached
         else:
             try:
-                signal = Signal(load_audio(utt.audio), utterance=utt)
+                signal = Signal(load_utterance_audio(utt), utterance=utt)
             except AsrS2SError as exc:
                 return (utt.id, str(exc))
             if not clean:
@@ -129,6 +130,26 @@ class SpeechDataset(Dataset):
             feats = self.augment.apply_features(plan, feats, failures)
         tokens = torch.tensor(self.token_ids[index], dtype=torch.long)
         return Example(utt.id, feats, tokens, self.texts[index], duration_s, notes, tuple(failures))
+
+
+def load_utterance_audio(utt: Utterance) -> np.ndarray:
+    """An utterance's 16 kHz audio, checked against its manifest duration (batching trusts it).
+
+    Decoding stops as soon as the audio runs past what the manifest allows, so a wrong
+    entry costs no more memory than a right one.
+
+    :raises AsrS2SError: naming the file: unreadable audio, or a duration far from the manifest's.
+    """
+    longest_s = utt.duration + duration_tolerance_s(utt.duration)
+    try:
+        wave = load_audio(utt.audio, max_duration_s=min(longest_s, MAX_DURATION_S))
+    except AudioTooLongError as exc:
+        if longest_s >= MAX_DURATION_S:
+            raise
+        check_duration(utt, exc.decoded_s, at_least=True)
+        raise
+    check_duration(utt, len(wave) / SAMPLE_RATE_HZ)
+    return wave
 
 
 def collate(items: Sequence[Example | tuple[str, str]]) -> Batch:

@@ -18,6 +18,8 @@ from asr_s2s.files import write_text_atomically
 log = logging.getLogger(__name__)
 
 REQUIRED_FIELDS = ("id", "audio", "duration")
+DURATION_TOLERANCE_S = 0.5  # decoded audio may differ from its manifest duration by this many seconds...
+DURATION_TOLERANCE = 0.05  # ...plus this fraction of it (codec padding, header estimates); more fails the utterance
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,28 @@ def _utterance_from(raw: dict, root: Path, where: str) -> Utterance:
     if not isinstance(text, str):
         raise ManifestError(f"{where}: text must be a string, got {type(text).__name__}")
     return Utterance(str(raw["id"]), str(audio), duration, text, str(raw.get("speaker", "")))
+
+
+def duration_tolerance_s(duration: float) -> float:
+    """How far, in seconds, an utterance's decoded audio may be from its manifest ``duration``."""
+    return DURATION_TOLERANCE_S + DURATION_TOLERANCE * duration
+
+
+def check_duration(utt: Utterance, decoded_s: float, at_least: bool = False) -> None:
+    """Batches are planned from manifest durations, so audio far from its entry's is an error.
+
+    :param decoded_s: seconds of audio decoded; with ``at_least``, decoding stopped there.
+    :raises ManifestError: naming the utterance, its file and both durations, if they are
+        further apart than :func:`duration_tolerance_s`.
+    """
+    tolerance = duration_tolerance_s(utt.duration)
+    if abs(decoded_s - utt.duration) <= tolerance and not at_least:
+        return
+    measured = f"over {decoded_s:.2f} s" if at_least else f"{decoded_s:.2f} s"
+    raise ManifestError(
+        f"{utt.audio}: the manifest gives utterance {utt.id} {utt.duration:.2f} s, but its audio is {measured} long "
+        f"(more than {tolerance:.2f} s apart); batches are planned from the manifest, so fix its duration"
+    )
 
 
 def write_manifest(utterances: list[Utterance], path: str | os.PathLike) -> None:

@@ -120,7 +120,8 @@ class Transcriber:
         """Transcribe one recording.
 
         :param audio: a path (any format :func:`~asr_s2s.audio.stream_audio` reads), the
-            bytes of an audio file, or samples ``(S,)``/``(S, C)`` at ``sample_rate`` Hz.
+            bytes of an audio file, a binary stream (read as it arrives, e.g. ``sys.stdin.buffer``),
+            or samples ``(S,)``/``(S, C)`` at ``sample_rate`` Hz.
         :param options: base options (default: this transcriber's, from the package);
             each keyword below that is not None changes that option (:meth:`TranscribeOptions.with_overrides`).
             ``scorers`` and ``scorer_params`` are merged into the base ones (weight 0 turns a scorer off).
@@ -135,7 +136,8 @@ class Transcriber:
             batch_seconds=batch_seconds, precision=precision,
             max_segment_s=max_segment_s, min_pause_s=min_pause_s, word_timestamps=word_timestamps, attention=attention,
         )
-        name = str(audio) if isinstance(audio, (str, os.PathLike)) else "<bytes>" if isinstance(audio, bytes) else "<array>"
+        name = (str(audio) if isinstance(audio, (str, os.PathLike)) else "<bytes>" if isinstance(audio, bytes)
+                else "<stream>" if hasattr(audio, "read") else "<array>")
         ((result),) = list(self.transcribe_many([AudioInput(name, audio, sample_rate)], used))
         if result.error is not None:
             raise result.error
@@ -291,11 +293,13 @@ class Transcriber:
 
 
 def _input_blocks(item: AudioInput) -> Iterable[np.ndarray]:
-    """16 kHz mono blocks of an input: a file streamed, bytes or an array at once."""
+    """16 kHz mono blocks of an input: a file or a binary stream streamed, bytes or an array at once."""
     if isinstance(item.audio, bytes):
         return [load_audio(item.audio)]
     if isinstance(item.audio, (np.ndarray, torch.Tensor)):
         return [array_to_mono(item.audio, item.sample_rate, item.name)]
+    if hasattr(item.audio, "read"):  # a binary stream (stdin): streamed as it arrives, named as the input
+        return stream_audio(item.audio, name=item.name)
     return stream_audio(item.audio)
 
 

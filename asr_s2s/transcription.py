@@ -8,7 +8,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -153,13 +153,14 @@ class Transcription:
 
 @dataclass(frozen=True)
 class AudioInput:
-    """One recording to transcribe: a path, the bytes of a file (e.g. a wav from stdin), or samples.
+    """One recording to transcribe: a path, the bytes of a file, a binary stream (e.g. stdin, read as it
+    arrives), or samples.
 
     ``audio`` as an array is ``(S,)`` or ``(S, C)`` (as soundfile returns it) at ``sample_rate`` Hz.
     """
 
     name: str
-    audio: str | os.PathLike | bytes | np.ndarray | torch.Tensor
+    audio: str | os.PathLike | bytes | BinaryIO | np.ndarray | torch.Tensor
     sample_rate: int | None = None
 
     @classmethod
@@ -167,6 +168,8 @@ class AudioInput:
         """An input named after its path (arrays need an explicit AudioInput with their sample rate)."""
         if isinstance(item, AudioInput):
             return item
+        if hasattr(item, "read"):  # a binary stream such as sys.stdin.buffer
+            return cls("<stream>", item)
         return cls("<bytes>", item) if isinstance(item, bytes) else cls(str(item), item)
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 from asr_s2s.cli.options import (
     EXIT_OK, EXIT_SOME_FAILED, check_output_dir, decode_overrides, set_threads,
@@ -21,7 +22,7 @@ log = logging.getLogger("asr_s2s")
 class _Job:
     """One input of ``transcribe``: what to read, and its output path under --output-dir without the suffix."""
 
-    source: str | bytes
+    source: str | BinaryIO  # a path, or stdin's binary stream (read as it is transcribed)
     name: str
     out_name: str
 
@@ -39,7 +40,7 @@ def _expand_inputs(patterns: list[str]) -> tuple[list[_Job], list[str]]:
     problems: list[str] = []
     for pattern in patterns:
         if pattern == "-":
-            jobs.append(_Job(sys.stdin.buffer.read(), "-", "stdin"))
+            jobs.append(_Job(sys.stdin.buffer, "-", "stdin"))
             continue
         path = Path(pattern)
         if path.is_dir():
@@ -85,15 +86,15 @@ def _literal_depth(path: Path) -> int:
 
 
 def _known_duration_s(jobs: list[_Job]) -> float | None:
-    """Total audio seconds from the file headers, or None when a header cannot tell."""
-    import io
-
+    """Total audio seconds from the file headers, or None when a header cannot tell (or stdin is one input)."""
     import soundfile
 
     total = 0.0
     for job in jobs:
+        if not isinstance(job.source, str):
+            return None
         try:
-            total += soundfile.info(io.BytesIO(job.source) if isinstance(job.source, bytes) else job.source).duration
+            total += soundfile.info(job.source).duration
         except Exception:  # noqa: BLE001 - a file libsndfile cannot open: its length is unknown until decoded
             return None
     return total
@@ -200,7 +201,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser, d
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Transcribe audio files, directories (recursively) and globs: wav, flac, mp3, ogg, and m4a/aac\n"
-            "through ffmpeg, at any sample rate and channel count; '-' reads a wav from stdin.\n"
+            "through ffmpeg, at any sample rate and channel count; '-' streams stdin (any of these formats).\n"
             "Long files are streamed and split at pauses into segments of at most --max-segment-s,\n"
             "decoded in batches across files, and stitched with their times. Words are timed by CTC forced\n"
             "alignment when the model has a CTC head."
