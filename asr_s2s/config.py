@@ -51,8 +51,13 @@ class TrainConfig:
     final_lr_ratio: float = 0.05
     weight_decay: float = 0.0
     grad_clip: float = 5.0
-    max_batch_seconds: float = 300.0  # padded audio seconds per batch
+    max_batch_seconds: float = 300.0  # padded audio seconds per batch (per rank); with global_batch_seconds: its cap
     max_batch_size: int | None = None
+    # padded audio seconds per optimizer step over all ranks, the same for any number of GPUs: each step's batch
+    # is cut once and shared among the ranks, and accum_grad = ceil(global / (ranks * max_batch_seconds)) is
+    # derived (asr_s2s.optimization.plan_steps; recipes/librispeech/README.md). None: max_batch_seconds per rank
+    # and accum_grad as given, so the global batch grows with the number of ranks
+    global_batch_seconds: float | None = None
     sortagrad_epochs: int = 0  # epochs that visit batches shortest first before shuffling
     valid_max_batch_seconds: float = 600.0
     num_workers: int = 1
@@ -76,6 +81,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.accum_grad < 1:
             raise ConfigError(f"train.accum_grad must be at least 1, got {self.accum_grad}")
+        if self.global_batch_seconds is not None:
+            check_global_batch(self)
         check_precision(self.precision, "train.precision")
         if self.selection_metric not in ("valid_loss", "valid_cer"):
             raise ConfigError(f"train.selection_metric must be 'valid_loss' or 'valid_cer', got {self.selection_metric!r}")
@@ -158,6 +165,20 @@ class DecodeConfig:
         changes["scorers"] = {**self.scorers, **changes.get("scorers", {})}
         changes["scorer_params"] = params
         return dataclasses.replace(self, **changes)
+
+
+def check_global_batch(train: TrainConfig) -> None:
+    """Raise ConfigError for a ``global_batch_seconds`` that is not positive or comes with a key it replaces."""
+    if not train.global_batch_seconds > 0:
+        raise ConfigError(f"train.global_batch_seconds must be positive, got {train.global_batch_seconds}")
+    if train.accum_grad != 1:
+        raise ConfigError(
+            f"train.accum_grad ({train.accum_grad}) is derived from train.global_batch_seconds: leave it out, and "
+            "lower train.max_batch_seconds (the per-GPU cap) to accumulate more, smaller batches"
+        )
+    if train.max_batch_size is not None:
+        raise ConfigError("train.max_batch_size caps one rank's batch; with train.global_batch_seconds the batches "
+                          "are cut for all ranks at once: leave it out (train.max_batch_seconds caps a rank's share)")
 
 
 def check_scorer_params(weights: Mapping[str, float], params: Mapping[str, Mapping[str, Any]]) -> None:

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -101,3 +103,30 @@ def cleanup() -> None:
 def all_true(flag: bool) -> bool:
     """True only if ``flag`` is true on every rank."""
     return not any_rank(not flag)
+
+
+def on_main(fn: Callable[[], T], failure: Callable[[str], Exception]) -> T | None:
+    """Run ``fn`` on rank 0 alone, and fail on every rank at once if it fails there.
+
+    Rank 0 broadcasts whether ``fn`` succeeded before any rank goes on, so that a failure there (a full
+    disk under a checkpoint) stops the other ranks with its message at once, instead of leaving them
+    waiting in their next collective until the NCCL timeout. In one process it just calls ``fn``.
+
+    :param failure: builds the error the other ranks raise from rank 0's message.
+    :returns: ``fn()``'s result on rank 0, None on the others.
+    :raises: on rank 0, ``fn``'s own error; on the others, ``failure(message)``.
+    """
+    if not is_distributed():
+        return fn()
+    result, error, outcome = None, None, [None]
+    if is_main():
+        try:
+            result = fn()
+        except Exception as exc:  # noqa: BLE001 - every failure is passed on to the other ranks, then re-raised
+            error, outcome = exc, [f"{type(exc).__name__}: {exc}"]
+    dist.broadcast_object_list(outcome, src=0)
+    if error is not None:
+        raise error
+    if outcome[0] is not None:
+        raise failure(outcome[0])
+    return result

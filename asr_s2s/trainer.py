@@ -22,7 +22,9 @@ from asr_s2s.dataset import SpeechDataset
 from asr_s2s.errors import CheckpointError, ConfigError, TrainingError
 from asr_s2s.experiment import seed_everything
 from asr_s2s.model import ASRModel
-from asr_s2s.optimization import all_reduce_gradients, autocast, build_optimizer, guarded, is_out_of_memory, release_memory
+from asr_s2s.optimization import (
+    all_reduce_gradients, autocast, build_optimizer, guarded, is_out_of_memory, log_plan, plan_steps, release_memory,
+)
 from asr_s2s.progress import progress_bar
 from asr_s2s.train_log import TrainLog
 from asr_s2s.training_data import (
@@ -30,7 +32,7 @@ from asr_s2s.training_data import (
 )
 from asr_s2s.training_state import (
     REQUIRED_KEYS, EpochTotals, data_order_changes, epoch_checkpoint_path, latest_checkpoint,
-    remove_step_checkpoints, restore_rng_states, rng_states, step_checkpoint_path,
+    remove_step_checkpoints, restore_rng_states, resumed_batches, rng_states, step_checkpoint_path,
 )
 from asr_s2s.validation import merged_scores, validate_share
 
@@ -81,9 +83,12 @@ class Trainer:
             self.ddp = DistributedDataParallel(self.model, device_ids=[index] if cuda else None)
         self.bf16 = self.device.type == "cuda" and config.precision == "bf16"  # CPU trains in fp32
         self.train_loader, self.valid_loader = training_loaders(train_set, valid_set, config, self.rank, self.world_size)
-        self.steps_per_epoch = math.ceil(len(self.train_loader.batch_sampler) / config.accum_grad)
+        # each rank's batch, accum_grad and the schedule's length (train.global_batch_seconds: whatever the world size)
+        self.plan = plan_steps(config, sum(u.duration for u in train_set.utterances), self.world_size,
+                               batches_per_rank=len(self.train_loader.batch_sampler))
+        self.steps_per_epoch = self.plan.steps_per_epoch
         self.history: list[dict] = []  # {"epoch", "valid_loss", "valid_cer"} of every finished epoch
-        self.optimizer, self.scheduler = build_optimizer(model, config, config.epochs * self.steps_per_epoch)
+        self.optimizer, self.scheduler = build_optimizer(model, config, self.plan.total_steps)
         self.step = 0
         self.epoch = 0
         for key in ("checkpoint_every_steps", "max_consecutive_bad_losses"):
@@ -100,6 +105,8 @@ class Trainer:
     def fit(self, resume: bool = False) -> list[EpochResult]:
         """Train until ``config.epochs``; with ``resume``, continue from the latest checkpoint."""
         self.exp_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            log_plan(self.plan, self.config)
         latest = self.latest_checkpoint()
         if latest is not None and not resume:
             raise CheckpointError(
@@ -138,7 +145,7 @@ class Trainer:
         bar = progress_bar(epoch_batches(self.train_loader, done), total=len(self.train_loader.batch_sampler),
                            initial=done, desc=f"epoch {self.epoch + 1}/{self.config.epochs}", unit="batch",
                            disable=not self.progress, leave=False)
-        accum, n_local = self.config.accum_grad, len(self.train_loader.batch_sampler)
+        accum, n_local = self.plan.accum_grad, len(self.train_loader.batch_sampler)
         contributed, out = 0, None  # batches backpropagated since the last step; the last good output
         self.optimizer.zero_grad(set_to_none=True)
         self._augment_failures = {}
@@ -305,13 +312,19 @@ class Trainer:
 
         :param path: where; by default the checkpoint of the last finished epoch, ``epoch-N.pt``.
         :param batches_done: for a mid-epoch checkpoint, the batches of the current epoch already trained on;
-        :param totals: and the epoch's running totals, so that the resumed epoch reports the same result.
-        :raises CheckpointError: if it cannot be written (the previous checkpoints stay intact).
+        :param totals: and the epoch's running totals (every rank's, added up), so that the resumed epoch reports
+            the same result.
+        :raises CheckpointError: if it cannot be written (the previous checkpoints stay intact). Under torchrun
+            rank 0 alone writes, and every rank waits for it and raises at once if it failed.
         """
         path = path or self.checkpoint_path(self.epoch)
-        if not self.is_main:
-            return path  # under torchrun, rank 0 alone writes
-        state = {
+        distributed.on_main(lambda: write_checkpoint(self._state(batches_done, totals), path), lambda error: CheckpointError(
+            f"{path}: rank 0 could not save this checkpoint, so every rank stops ({error})"))
+        return path
+
+    def _state(self, batches_done: int, totals: EpochTotals | None) -> dict:
+        """The full training state, as :meth:`save_checkpoint` writes it."""
+        return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -323,8 +336,9 @@ class Trainer:
             "batches_done": batches_done,
             "epoch_totals": asdict(totals) if totals is not None else {},
             "bad_in_a_row": self._bad_in_a_row,
+            "world_size": self.world_size,
+            "accum_grad": self.plan.accum_grad,
         }
-        return write_checkpoint(state, path)
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore a state written by :meth:`save_checkpoint`, mid-epoch ones included.
@@ -339,10 +353,11 @@ class Trainer:
         )
         restore_rng_states(path, state)
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self._resume_batches = int(state.get("batches_done", 0))
-        self._resume_totals = EpochTotals.restore(state.get("epoch_totals")) if state.get("epoch_totals") else None
+        self._resume_batches = resumed_batches(state, self.config, self.plan.accum_grad)
+        # the saved totals are every rank's together: rank 0 alone carries them on, or the epoch counts them W times
+        self._resume_totals = EpochTotals.restore(state["epoch_totals"]) if state.get("epoch_totals") and self.is_main else None
         self._bad_in_a_row = int(state.get("bad_in_a_row", 0))
-        changed = data_order_changes(state, self.config, len(self.train_loader.dataset))
+        changed = data_order_changes(state, self.config, len(self.train_loader.dataset), self.world_size)
         if changed:
             log.warning("%s: %s changed since this checkpoint; the resumed run will not visit the same batches",
                         path, ", ".join(changed))
@@ -353,7 +368,8 @@ class Trainer:
         """Every ``checkpoint_every_steps`` optimizer steps, save a mid-epoch checkpoint (only the latest is kept)."""
         every = self.config.checkpoint_every_steps
         if every and self.step % every == 0:
-            path = self.save_checkpoint(self.step_checkpoint_path(self.step), batches_done, totals)
+            everyone = EpochTotals.summed(distributed.all_gather_objects(totals))  # all ranks' totals so far
+            path = self.save_checkpoint(self.step_checkpoint_path(self.step), batches_done, everyone)
             self._remove_step_checkpoints(keep=path)
 
     def _remove_step_checkpoints(self, keep: Path | None = None) -> None:

@@ -11,10 +11,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from asr_s2s.audio import SAMPLE_RATE_HZ
+from asr_s2s.batching import GlobalBatchSampler
 from asr_s2s.config import TrainConfig
 from asr_s2s.dataset import SpeechDataset, make_loader
 from asr_s2s.features import num_frames
 from asr_s2s.model import ASRModel
+from asr_s2s.optimization import batch_layout
 
 log = logging.getLogger("asr_s2s.trainer")  # a training run's messages keep the trainer's logger name
 
@@ -22,12 +24,22 @@ log = logging.getLogger("asr_s2s.trainer")  # a training run's messages keep the
 def training_loaders(
     train_set: SpeechDataset, valid_set: SpeechDataset, config: TrainConfig, rank: int, world_size: int,
 ) -> tuple[DataLoader, DataLoader | list]:
-    """This rank's shuffled training loader and its share of the validation set (none beyond the set's size)."""
+    """This rank's shuffled training loader and its share of the validation set (none beyond the set's size).
+
+    With ``train.global_batch_seconds`` the training batches are cut for all ranks at once
+    (:class:`~asr_s2s.batching.GlobalBatchSampler`), ``accum_grad`` of them per rank and step.
+    """
     train_loader = make_loader(
         train_set, config.max_batch_seconds, shuffle=True, seed=config.seed,
         num_workers=config.num_workers, max_batch_size=config.max_batch_size,
         sortagrad_epochs=config.sortagrad_epochs, rank=rank, world_size=world_size,
     )
+    if config.global_batch_seconds is not None:  # the loader as make_loader builds it, with the global cut
+        _, accum = batch_layout(config, world_size)
+        train_loader.batch_sampler.sampler = GlobalBatchSampler(
+            [u.duration for u in train_set.utterances], config.global_batch_seconds, accum, shuffle=True,
+            seed=config.seed, sortagrad_epochs=config.sortagrad_epochs, rank=rank, world_size=world_size,
+        )
     valid_loader = make_loader(
         valid_set, config.valid_max_batch_seconds, shuffle=False, num_workers=0,
         rank=rank, world_size=min(world_size, len(valid_set)),

@@ -23,7 +23,9 @@ from asr_s2s.experiment import CHECKPOINT_DIR
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "torch_rng", "numpy_rng", "python_rng")
 
 # train config keys that decide which batches an epoch visits, in which order
-DATA_ORDER_KEYS = ("seed", "max_batch_seconds", "max_batch_size", "sortagrad_epochs", "accum_grad")
+DATA_ORDER_KEYS = ("seed", "max_batch_seconds", "max_batch_size", "sortagrad_epochs", "accum_grad", "global_batch_seconds")
+# with train.global_batch_seconds, the step batches do not depend on the per-rank cap, accum_grad or the ranks
+GLOBAL_ORDER_KEYS = ("seed", "sortagrad_epochs", "global_batch_seconds")
 
 
 @dataclass
@@ -87,13 +89,30 @@ def _set_numpy_rng_state(state: dict) -> None:
     np.random.set_state(("MT19937", state["key"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["cached"]))
 
 
-def data_order_changes(state: dict, config: TrainConfig, train_utterances: int) -> list[str]:
+def data_order_changes(state: dict, config: TrainConfig, train_utterances: int, world_size: int = 1) -> list[str]:
     """What changed since ``state`` was saved that makes a resumed run visit other batches than the saved one would."""
     saved = state.get("train_config", {})
-    changed = [k for k in DATA_ORDER_KEYS if k in saved and saved[k] != getattr(config, k, saved[k])]
+    keys = DATA_ORDER_KEYS if config.global_batch_seconds is None else GLOBAL_ORDER_KEYS
+    defaults = {f.name: f.default for f in fields(TrainConfig)}  # what a run saved before the key existed did
+    changed = [k for k in keys if saved and saved.get(k, defaults[k]) != getattr(config, k)]
     if state.get("train_utterances", train_utterances) != train_utterances:
         changed.append("the training manifest")
+    if config.global_batch_seconds is None and state.get("world_size", world_size) != world_size:
+        changed.append("the number of ranks")
     return changed
+
+
+def resumed_batches(state: dict, config: TrainConfig, accum_grad: int) -> int:
+    """The batches of the unfinished epoch that this rank has already trained on, by ``state``.
+
+    With ``train.global_batch_seconds`` a mid-epoch checkpoint lies between two steps, and every step
+    is ``accum_grad`` batches on every rank: on another number of ranks the run goes on at the same step.
+    """
+    done = int(state.get("batches_done", 0))
+    saved_accum = state.get("accum_grad")
+    if config.global_batch_seconds is None or not saved_accum or not done:
+        return done
+    return done // int(saved_accum) * accum_grad
 
 
 # -- the files of a run ----------------------------------------------------

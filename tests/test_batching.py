@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asr_s2s.batching import BucketBatchSampler
+from asr_s2s.batching import BucketBatchSampler, GlobalBatchSampler, balance_tail, merge_short, split_step
 
 durations_st = st.lists(st.floats(min_value=0.1, max_value=40.0, allow_nan=False), min_size=1, max_size=200)
 
@@ -170,3 +170,60 @@ def test_even_out_splits_the_largest_batch_or_merges_singles():
     # only single-utterance batches: the two shortest are merged
     assert even_out([[0], [1], [2]], 2, [3.0, 1.0, 2.0]) == [[0], [1, 2]]
     assert even_out([[0, 1], [2], [3]], 2, [3.0, 3.0, 1.0, 2.0]) == [[0], [1], [2], [3]]
+
+
+# -- batches cut for all ranks at once (train.global_batch_seconds) ------------------------
+@given(
+    durations=st.lists(st.floats(min_value=0.5, max_value=30.0, allow_nan=False), min_size=8, max_size=150),
+    cap=st.floats(min_value=20.0, max_value=200.0),
+    seed=st.integers(0, 2**16),
+    epoch=st.integers(0, 5),
+    layouts=st.sampled_from([[(1, 1), (1, 4), (2, 2), (4, 1)], [(1, 1), (2, 1), (8, 1)], [(1, 3), (3, 1)]]),
+)
+@settings(max_examples=150)
+def test_global_batches_do_not_depend_on_the_world_size(durations, cap, seed, epoch, layouts):
+    """Any (world size, accum_grad): the same step batches as one process (unless one of those holds fewer
+    utterances than ranks: then it is merged into a neighbour); each rank takes accum_grad parts of every
+    step, its last one never empty; together the ranks' parts of a step are exactly the step's batch."""
+    one = GlobalBatchSampler(durations, cap, seed=seed)
+    one.set_epoch(epoch)
+    alone = one.step_batches()
+    for world_size, accum in layouts:
+        samplers = [GlobalBatchSampler(durations, cap, accum, seed=seed, rank=r, world_size=world_size)
+                    for r in range(world_size)]
+        for s in samplers:
+            s.set_epoch(epoch)
+        step_batches = samplers[0].step_batches()
+        if min(map(len, alone)) >= world_size:
+            assert step_batches == alone, f"world {world_size} x accum {accum} cut other batches"
+        assert min(map(len, step_batches)) >= world_size
+        assert sorted(i for b in step_batches for i in b) == list(range(len(durations)))
+        shares = [s.batches() for s in samplers]
+        assert all(len(share) == len(step_batches) * accum for share in shares), "accum_grad batches per step"
+        for k, batch in enumerate(step_batches):
+            parts = [share[k * accum + a] for a in range(accum) for share in shares]
+            assert sorted(i for p in parts for i in p) == sorted(batch)
+            assert all(share[k * accum + accum - 1] for share in shares), "a step's last batch is never empty"
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_global_batches_under_their_cap_and_shuffled_per_epoch():
+    rng = random.Random(3)
+    durations = [rng.uniform(1.0, 16.0) for _ in range(500)]
+    sampler = GlobalBatchSampler(durations, 120.0, accum_grad=2, world_size=1)
+    first = sampler.step_batches()
+    padded = sorted(len(b) * max(durations[i] for i in b) for b in first)
+    # the cut is BucketBatchSampler's at the global cap; only the last two buckets share their utterances anew
+    assert padded[-3] <= 120.0 and padded[-1] <= 120.0 * 1.2
+    assert len(first) == len(BucketBatchSampler(durations, 120.0).global_batches())
+    sampler.set_epoch(1)
+    assert sampler.step_batches() != first
+
+
+def test_split_step_and_merge_short():
+    assert split_step([1, 2, 3, 4, 5], 2) == [[1, 2], [3, 4, 5]], "the larger part last"
+    assert split_step([1, 2], 4) == [[], [], [1], [2]], "empty parts only first"
+    assert merge_short([[1], [2, 3, 4], [5]], 2) == [[1, 2, 3, 4, 5]]
+    assert merge_short([[1, 2], [3, 4]], 2) == [[1, 2], [3, 4]]
+    assert balance_tail([[1, 2, 3, 4], [5]]) == [[1, 2, 3], [4, 5]]
+    assert balance_tail([[1, 2], [3, 4]]) == [[1, 2], [3, 4]]

@@ -11,10 +11,13 @@ ranks' shares into the same results as one process.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -36,8 +39,9 @@ WORKER = textwrap.dedent(
 
     rank = os.environ.get("RANK", "0")
     nan_at = os.environ.get("NAN_AT")  # "RANK:EPOCH:BATCH": that rank's batch gets a NaN loss
+    stop_at = os.environ.get("STOP_AT_STEP")  # every rank stops (as if killed) after that step's checkpoint
     seen, trainers = [], []
-    forward, fit = trainer.Trainer._forward, trainer.Trainer.fit
+    forward, fit, checkpoint_step = trainer.Trainer._forward, trainer.Trainer.fit, trainer.Trainer._maybe_checkpoint_step
 
     def traced(self, batch):
         seen.append({"epoch": self.epoch, "ids": list(batch.ids)})
@@ -50,7 +54,17 @@ WORKER = textwrap.dedent(
         trainers.append(self)
         return fit(self, *args, **kwargs)
 
-    trainer.Trainer._forward, trainer.Trainer.fit = traced, keep
+    def stop_after(self, *args):
+        checkpoint_step(self, *args)
+        if stop_at and self.step == int(stop_at):
+            raise KeyboardInterrupt
+
+    def full_disk(state, path):
+        raise trainer.CheckpointError(f"{path}: could not write checkpoint ([Errno 28] No space left on device)")
+
+    trainer.Trainer._forward, trainer.Trainer.fit, trainer.Trainer._maybe_checkpoint_step = traced, keep, stop_after
+    if os.environ.get("FULL_DISK") and rank == "0":
+        trainer.write_checkpoint = full_disk
     code = main(sys.argv[2:])
     with open(os.path.join(sys.argv[1], f"batches-rank{rank}.json"), "w") as out:
         json.dump({"world": int(os.environ.get("WORLD_SIZE", "1")), "batches": seen}, out)
@@ -188,3 +202,87 @@ def test_one_process_is_not_distributed():
     assert distributed.all_gather_objects({"a": 1}) == [{"a": 1}]
     assert distributed.any_rank(True) and not distributed.any_rank(False) and distributed.all_true(True)
     assert distributed.init_from_env("cpu") == distributed.DistInfo(device="cpu")
+
+
+# -- a global batch (train.global_batch_seconds), resumed totals, a failed checkpoint ---------------
+@pytest.fixture(scope="module")
+def global_run(data, tmp_path_factory):
+    """2 processes with ``global_batch_seconds: 8`` and a 4 s cap per rank: 1 batch of 4 s per rank and step."""
+    tmp = tmp_path_factory.mktemp("ddp-global")
+    config = _config(tmp, "global", global_batch_seconds=8.0, checkpoint_every_steps=1)
+    train = ["train", "--config", config, "--train-manifest", data / "train.jsonl", "--valid-manifest",
+             data / "valid.jsonl", "--cmvn", data / "cmvn.json", "--exp-dir", tmp / "exp"]
+    done = _torchrun(tmp, tmp / "worker.py", tmp, *map(str, train), "-q")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return tmp, config, train, done
+
+
+def _epoch_rows(exp):
+    return [json.loads(line) for line in (exp / LOG_FILE).read_text().splitlines() if '"kind": "epoch"' in line]
+
+
+def test_a_global_batch_trains_alike_on_one_process_and_two(global_run, data, run_cli, tmp_path, caplog):
+    """The same config on 1 process (accum_grad 2 derived) and on 2 (accum_grad 1): the same step batches,
+    steps and schedule, and the same weights; each run logs its plan once."""
+    tmp, config, train, _ = global_run
+    with caplog.at_level(logging.INFO, logger="asr_s2s.trainer"):
+        code, _, err = run_cli(*[str(a) for a in train[:-1]], str(tmp_path / "exp"), "-v")
+    assert code == 0, err
+    (plan,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step plan:")]
+    assert "world size             1" in plan and "accum_grad             2" in plan and "global batch           8" in plan
+    one = load_file(str(tmp_path / "exp" / "model" / "model.safetensors"))
+    two = load_file(str(tmp / "exp" / "model" / "model.safetensors"))
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], atol=2e-5, rtol=1e-4, msg=key)
+    rows_one, rows_two = _epoch_rows(tmp_path / "exp"), _epoch_rows(tmp / "exp")
+    assert [r["step"] for r in rows_one] == [r["step"] for r in rows_two] and rows_two[-1]["step"] >= 4
+    for a, b in zip(rows_one, rows_two):
+        assert a["audio_seconds"] == pytest.approx(b["audio_seconds"]) and a["train_loss"] == pytest.approx(b["train_loss"])
+
+
+def test_a_mid_epoch_resume_under_ddp_counts_every_rank_s_totals_once(global_run, tmp_path):
+    """Both ranks stop after step 1's checkpoint and resume: the epoch's audio seconds and loss equal the
+    uninterrupted run's (rank 0's running totals were carried on by every rank, so counted twice, before)."""
+    tmp, config, train, _ = global_run
+    train = [*train[:-1], tmp_path / "exp"]
+    stopped = _torchrun(tmp_path, tmp_path / "worker.py", tmp_path, *map(str, train), "-q", STOP_AT_STEP="1")
+    assert stopped.returncode != 0 and (tmp_path / "exp" / "checkpoints" / "step-1.pt").is_file()
+    resumed = _torchrun(tmp_path, tmp_path / "worker.py", tmp_path, *map(str, train), "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "step-1.pt (epoch 0, step 1, 1 batches into epoch 1)" in resumed.stderr
+    for a, b in zip(_epoch_rows(tmp_path / "exp"), _epoch_rows(tmp / "exp"), strict=True):
+        assert a["step"] == b["step"] and a["audio_seconds"] == pytest.approx(b["audio_seconds"])
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+
+
+def test_a_failed_checkpoint_write_on_rank_0_stops_every_rank_at_once(data, tmp_path):
+    """Rank 0 cannot write the first checkpoint (a full disk): both ranks exit at once with its error, instead
+    of rank 1 waiting in its next collective until the timeout. The two processes are started without
+    torchrun, whose agent would end the survivor itself (as nothing does across nodes)."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    train = ["train", "--config", _config(tmp_path, "full", epochs=2), "--train-manifest", data / "train.jsonl",
+             "--valid-manifest", data / "valid.jsonl", "--cmvn", data / "cmvn.json", "--exp-dir", tmp_path / "exp", "-q"]
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "FULL_DISK": "1"}
+        procs.append(subprocess.Popen([sys.executable, str(worker), str(tmp_path), *map(str, train)], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    ended = [None, None]
+    deadline = time.monotonic() + 240
+    while None in ended and time.monotonic() < deadline:
+        for rank, proc in enumerate(procs):
+            if ended[rank] is None and proc.poll() is not None:
+                ended[rank] = time.monotonic()
+        time.sleep(0.1)
+    errors = [proc.communicate(timeout=5)[1] if ended[rank] else proc.kill() for rank, proc in enumerate(procs)]
+    assert None not in ended, "a rank was still running 240 s later"
+    assert abs(ended[0] - ended[1]) < 15, "the ranks stopped together"
+    assert [p.returncode for p in procs] == [2, 2]
+    assert "epoch-1.pt: could not write checkpoint ([Errno 28] No space left on device)" in errors[0]
+    assert "epoch-1.pt: rank 0 could not save this checkpoint, so every rank stops (CheckpointError: " in errors[1]
+    assert not (tmp_path / "exp" / "checkpoints" / "epoch-1.pt").exists()

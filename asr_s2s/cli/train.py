@@ -108,7 +108,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                                    "steps), and export EXP_DIR/model. "
                                    "Under 'torchrun --nproc_per_node=N --no-python asr-s2s train ...' it trains with "
                                    "DistributedDataParallel (NCCL on CUDA, gloo on the CPU): each rank takes its own "
-                                   "share of the batches, and rank 0 alone writes checkpoints, logs and the package.")
+                                   "share of the batches, and rank 0 alone writes checkpoints, logs and the package. "
+                                   "With train.global_batch_seconds the batch of an optimizer step, and so the number "
+                                   "of steps, is the same on any number of GPUs (accum_grad is derived); the run logs "
+                                   "its step plan (global batch, steps per epoch, total and warm-up steps) at the start.")
     p.add_argument("--config", required=True, help="experiment YAML (model, train, decode sections)")
     p.add_argument("--train-manifest", required=True, metavar="JSONL",
                    help="JSON-lines manifest of the training utterances (from 'asr-s2s prepare')")
