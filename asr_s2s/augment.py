@@ -114,10 +114,7 @@ class AugmentationChain:
                 raise ConfigError(f"{at}.start_epoch: expected an epoch number from 1 on, got {start_epoch!r}")
             label = f"{at} ({params.get('name', '?')})"
             injected = {"context": context} if _takes_context(registry, params.get("name")) else {}
-            try:
-                augmentation = registry.build("augmentation", params, at, **injected)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{label}: {exc}") from None
+            augmentation = registry.build("augmentation", params, at, **injected)  # a refused value: ConfigError
             if getattr(augmentation, "stage", None) not in STAGES:
                 raise PluginError(f"{label}: stage must be one of {', '.join(STAGES)}, got {augmentation.stage!r}")
             steps.append(Step(augmentation, float(prob), position, label, start_epoch))

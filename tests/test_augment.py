@@ -205,12 +205,12 @@ def test_the_trainer_warns_once_per_entry_and_counts_every_failure(
     [
         ([{"name": "nosie"}], PluginError, ["train.augment[0]", "unknown augmentation 'nosie'", "Did you mean 'noise'"]),
         ([{"name": "noise", "snr": [1, 2]}], ConfigKeyError, ["train.augment[0]", "unknown key 'snr'", "'snr_db'"]),
-        ([{"name": "noise", "snr_db": [20, 5]}], ConfigError, ["train.augment[0] (noise)", "snr_db", "min <= max"]),
-        ([{"name": "noise", "sources": ["pinkk"]}], ConfigError, ["train.augment[0] (noise)", "pinkk"]),
+        ([{"name": "noise", "snr_db": [20, 5]}], ConfigError, ["train.augment[0] (augmentation 'noise')", "snr_db", "min <= max"]),
+        ([{"name": "noise", "sources": ["pinkk"]}], ConfigError, ["train.augment[0] (augmentation 'noise')", "pinkk"]),
         ([{"name": "gain", "prob": 1.5}], ConfigError, ["train.augment[0].prob", "1.5"]),
         ([{"name": "gain", "start_epoch": 0}], ConfigError, ["train.augment[0].start_epoch", "from 1 on", "0"]),
         ([{"name": "gain"}, "gain"], ConfigError, ["train.augment[1]", "expected a mapping"]),
-        ([{"name": "codec", "codecs": ["aac"]}], ConfigError, ["train.augment[0] (codec)", "mp3, opus"]),
+        ([{"name": "codec", "codecs": ["aac"]}], ConfigError, ["train.augment[0] (augmentation 'codec')", "mp3, opus"]),
         ([{"name": "speed", "factors": [0.0, 1.0]}], ConfigError, ["speed factors must lie in [0.5, 2.0]"]),
     ],
 )
