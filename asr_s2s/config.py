@@ -59,6 +59,13 @@ class TrainConfig:
     # and accum_grad as given, so the global batch grows with the number of ranks
     global_batch_seconds: float | None = None
     sortagrad_epochs: int = 0  # epochs that visit batches shortest first before shuffling
+    # training utterances longer than these are dropped before batching, with a count in the log (never the
+    # validation set; asr_s2s.training_data.drop_long_utterances). None: no limit. As ESPnet's LibriSpeech
+    # recipe (remove_longshortdata.sh --maxframes 3000 --maxchars 400): feature frames at the 10 ms hop,
+    # counted from the manifest duration (3000: about 30 s); characters of the normalised transcript, spaces
+    # included (the character tokenizer's tokens, <eos> not counted)
+    max_input_frames: int | None = None
+    max_output_chars: int | None = None
     valid_max_batch_seconds: float = 600.0
     num_workers: int = 1
     feature_cache: bool = False  # keep features in memory after the first epoch (small corpora)
@@ -81,6 +88,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.accum_grad < 1:
             raise ConfigError(f"train.accum_grad must be at least 1, got {self.accum_grad}")
+        for key in ("max_input_frames", "max_output_chars"):
+            limit = getattr(self, key)
+            if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+                raise ConfigError(f"train.{key} must be a positive integer or null (no limit), got {limit!r}")
         if self.global_batch_seconds is not None:
             check_global_batch(self)
         check_precision(self.precision, "train.precision")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -104,6 +105,20 @@ class SpeechDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.utterances)
+
+    def subset(self, indices: Sequence[int]) -> SpeechDataset:
+        """The utterances at ``indices``, in that order, as a dataset of their own.
+
+        It shares this one's tokens (no re-tokenising), cached features and augmentation chain;
+        the chain's draws follow the new positions, as for a manifest holding only these utterances.
+        """
+        part = copy.copy(self)
+        part.utterances = [self.utterances[i] for i in indices]
+        part.texts = [self.texts[i] for i in indices]
+        part.token_ids = [self.token_ids[i] for i in indices]
+        if self.cache is not None:
+            part.cache = {new: self.cache[old] for new, old in enumerate(indices) if old in self.cache}
+        return part
 
     def __getitem__(self, key: int | tuple[int, int]) -> Example | tuple[str, str]:
         """The example at ``index`` or ``(index, epoch)``, or ``(id, reason)`` if its audio cannot be used."""

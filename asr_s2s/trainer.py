@@ -28,7 +28,7 @@ from asr_s2s.optimization import (
 from asr_s2s.progress import progress_bar
 from asr_s2s.train_log import TrainLog
 from asr_s2s.training_data import (
-    count_ctc_infeasible, epoch_batches, report_augment_failures, report_failed, training_loaders,
+    count_ctc_infeasible, drop_long_utterances, epoch_batches, report_augment_failures, report_failed, training_loaders,
 )
 from asr_s2s.training_state import (
     REQUIRED_KEYS, EpochTotals, data_order_changes, epoch_checkpoint_path, latest_checkpoint,
@@ -82,6 +82,7 @@ class Trainer:
             index = self.device.index if self.device.index is not None else torch.cuda.current_device() if cuda else None
             self.ddp = DistributedDataParallel(self.model, device_ids=[index] if cuda else None)
         self.bf16 = self.device.type == "cuda" and config.precision == "bf16"  # CPU trains in fp32
+        train_set = drop_long_utterances(train_set, config, announce=self.is_main)  # before any batch is cut
         self.train_loader, self.valid_loader = training_loaders(train_set, valid_set, config, self.rank, self.world_size)
         # each rank's batch, accum_grad and the schedule's length (train.global_batch_seconds: whatever the world size)
         self.plan = plan_steps(config, sum(u.duration for u in train_set.utterances), self.world_size,

@@ -1,6 +1,6 @@
-"""The data side of a training run: its two loaders, the check that labels fit CTC, an epoch's batches
-from any point without drawing from the global generators, and the warnings about utterances that
-failed to load or to augment."""
+"""The data side of a training run: the filter of over-long utterances, its two loaders, the check that
+labels fit CTC, an epoch's batches from any point without drawing from the global generators, and the
+warnings about utterances that failed to load or to augment."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from asr_s2s.audio import SAMPLE_RATE_HZ
 from asr_s2s.batching import GlobalBatchSampler
 from asr_s2s.config import TrainConfig
 from asr_s2s.dataset import SpeechDataset, make_loader
-from asr_s2s.features import num_frames
+from asr_s2s.errors import ConfigError
+from asr_s2s.features import FRAMES_PER_SECOND, num_frames
 from asr_s2s.model import ASRModel
 from asr_s2s.optimization import batch_layout
 
@@ -45,6 +46,62 @@ def training_loaders(
         rank=rank, world_size=min(world_size, len(valid_set)),
     ) if rank < len(valid_set) else []
     return train_loader, valid_loader
+
+
+def drop_long_utterances(dataset: SpeechDataset, config: TrainConfig, announce: bool = True) -> SpeechDataset:
+    """``dataset`` without the utterances over ``train.max_input_frames`` or ``train.max_output_chars``.
+
+    Frames are counted from each manifest duration at the frontend's 10 ms hop (:func:`num_frames`),
+    characters in the normalised transcript. Without limits, or with nothing over them, ``dataset``
+    itself is returned. With ``announce`` (rank 0) one line counts what was dropped, by reason.
+
+    :raises ConfigError: if every utterance is over a limit.
+    """
+    frames_limit, chars_limit = config.max_input_frames, config.max_output_chars
+    if frames_limit is None and chars_limit is None:
+        return dataset
+    frames = [num_frames(round(u.duration * SAMPLE_RATE_HZ)) for u in dataset.utterances]
+    chars = [len(text) for text in dataset.texts]
+    long_in = [frames_limit is not None and n > frames_limit for n in frames]
+    long_out = [chars_limit is not None and n > chars_limit for n in chars]
+    keep = [i for i in range(len(dataset)) if not (long_in[i] or long_out[i])]
+    limits = " or ".join(_limit_names(config))
+    if not keep and len(dataset):
+        raise ConfigError(
+            f"every one of the {len(dataset):,} training utterances is over {limits} (the shortest has {min(frames):,} "
+            f"frames, the shortest transcript {min(chars):,} characters): raise the limit, or set it to null (no limit)"
+        )
+    dropped = [i for i in range(len(dataset)) if long_in[i] or long_out[i]]
+    if not dropped:
+        if announce:
+            log.info("no training utterance is over %s", limits)
+        return dataset
+    if announce:
+        seconds = sum(dataset.utterances[i].duration for i in dropped)
+        reasons = [f"{sum(long_in):,} over train.max_input_frames" if frames_limit is not None else "",
+                   f"{sum(long_out):,} over train.max_output_chars" if chars_limit is not None else ""]
+        first = dropped[0]
+        log.warning(
+            "dropped %s of %s training utterances over %s; %s of audio (%s; e.g. %s: %s frames, %s characters)",
+            f"{len(dropped):,}", f"{len(dataset):,}", limits, _amount(seconds), ", ".join(r for r in reasons if r),
+            dataset.utterances[first].id, f"{frames[first]:,}", f"{chars[first]:,}",
+        )
+    return dataset.subset(keep)
+
+
+def _amount(seconds: float) -> str:
+    """An amount of audio as ``12.5 s``, ``11.2 min`` or ``3.4 h``."""
+    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
+def _limit_names(config: TrainConfig) -> list[str]:
+    """The set length limits as the log names them: ``train.max_input_frames 3000 (30.0 s)``, ..."""
+    names = []
+    if config.max_input_frames is not None:
+        names.append(f"train.max_input_frames {config.max_input_frames} ({config.max_input_frames / FRAMES_PER_SECOND:.1f} s)")
+    if config.max_output_chars is not None:
+        names.append(f"train.max_output_chars {config.max_output_chars}")
+    return names
 
 
 def count_ctc_infeasible(dataset: SpeechDataset, model: ASRModel) -> int:

@@ -23,9 +23,10 @@ from asr_s2s.experiment import CHECKPOINT_DIR
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "torch_rng", "numpy_rng", "python_rng")
 
 # train config keys that decide which batches an epoch visits, in which order
-DATA_ORDER_KEYS = ("seed", "max_batch_seconds", "max_batch_size", "sortagrad_epochs", "accum_grad", "global_batch_seconds")
+DATA_ORDER_KEYS = ("seed", "max_batch_seconds", "max_batch_size", "sortagrad_epochs", "accum_grad", "global_batch_seconds",
+                   "max_input_frames", "max_output_chars")
 # with train.global_batch_seconds, the step batches do not depend on the per-rank cap, accum_grad or the ranks
-GLOBAL_ORDER_KEYS = ("seed", "sortagrad_epochs", "global_batch_seconds")
+GLOBAL_ORDER_KEYS = ("seed", "sortagrad_epochs", "global_batch_seconds", "max_input_frames", "max_output_chars")
 
 
 @dataclass
