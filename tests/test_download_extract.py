@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -159,7 +160,8 @@ def _stage2(tmp_path, data) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
     command = ["bash", str(REPO / "recipes" / "librispeech" / "run.sh"), "--stop-stage", "2", "--data-dir", str(data),
                "--subsets", "dev-clean", "--md5sums", str(tmp_path / "sums.txt"), "--exp-dir", str(tmp_path / "exp"),
-               "--device", "cpu", "--mirror", "http://127.0.0.1:9/unreachable"]
+               "--device", "cpu", "--mirror", "http://127.0.0.1:9/unreachable",
+               "--utterance-counts", str(tmp_path / "counts.txt")]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -170,6 +172,7 @@ def downloaded(tmp_path):
     data.mkdir()
     good = _recipe_tarball(data / "dev-clean.tar.gz")
     (tmp_path / "sums.txt").write_text(f"{md5_hex(good)}  dev-clean.tar.gz\n")
+    (tmp_path / "counts.txt").write_text("3  dev-clean\n")  # the utterances _recipe_tarball holds
     os.utime(data / "dev-clean.tar.gz", (1_000, 1_000))
     (data / ".dev-clean.download.done").touch()
     return data, good
@@ -188,11 +191,11 @@ def test_recipe_extracts_without_the_archives_owners_or_modes(tmp_path, download
 
 def test_recipe_checks_the_md5_again_when_the_tarball_changed_after_extraction(tmp_path, downloaded):
     data, good = downloaded
-    (tmp_path / "exp" / "dump").mkdir(parents=True)
-    (tmp_path / "exp" / "dump" / ".dev-clean.done").touch()  # extracted and prepared ...
-    (data / "dev-clean.tar.gz").write_bytes(good[:-10] + b"0123456789")  # ... then the tarball changed
-    for marker in (tmp_path / "exp" / "dump" / ".dev-clean.done", data / ".dev-clean.download.done"):
-        os.utime(marker, (2_000, 2_000))
+    assert _stage2(tmp_path, data).returncode == 0
+    shutil.rmtree(data / "LibriSpeech" / "dev-clean")  # extracted and prepared, then removed by its owner ...
+    (data / "dev-clean.tar.gz").write_bytes(good[:-10] + b"0123456789")  # ... and the tarball changed
+    os.utime(data / ".dev-clean.download.done", (2_000, 2_000))
     done = _stage2(tmp_path, data)
     assert done.returncode != 0, "a changed tarball is checked before it is extracted again"
     assert f"{data / 'dev-clean.tar.gz'}: MD5" in done.stderr and "does not match the published" in done.stderr
+    assert "== stage 2: extract (or find) dev-clean and write its manifest (its inputs changed" in done.stderr

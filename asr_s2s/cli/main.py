@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from asr_s2s import __version__
-from asr_s2s.cli import average, data, evaluate, lm, plugins, results, train, transcribe
+from asr_s2s.cli import average, corpus, data, evaluate, lm, plugins, results, train, transcribe
 from asr_s2s.cli.options import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, check_device, decode_parser
 from asr_s2s.errors import AsrS2SError
 
@@ -67,7 +67,7 @@ def build_parser(model_decode: dict | None = None) -> argparse.ArgumentParser:
     _add_global_flags(common, "", default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for module in (plugins, data, train, lm, average, results):
+    for module in (plugins, corpus, data, train, lm, average, results):
         module.register(sub, common)
     decode = decode_parser(model_decode)
     evaluate.register(sub, common, decode)
