@@ -273,7 +273,13 @@ def test_decoding_spans_two_nodes_and_node_0_writes_the_same_results(recipe, arc
                                               "--rdzv-endpoint", f"127.0.0.1:{port}"),
                               env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for rank in (0, 1)]
-    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    try:
+        outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    finally:
+        for node in nodes:  # never leave a node waiting on its rendezvous behind a failed test
+            if node.poll() is None:
+                node.kill()
+                node.wait()
     assert [node.returncode for node in nodes] == [0, 0], outputs
     assert json.loads((tmp / "exp" / "decode_dev-clean_beam.json").read_text()) == single
     assert (tmp / "exp" / ".decode_dev-clean.done").is_file()
