@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -271,14 +272,15 @@ def test_decoding_spans_two_nodes_and_node_0_writes_the_same_results(recipe, arc
     nodes = [subprocess.Popen(_recipe_command(tmp, tmp / "data", tmp / "exp", UNREACHABLE, SUBSETS, "--stage", "6",
                                               "--stop-stage", "6", "--nnodes", "2", "--node-rank", str(rank),
                                               "--rdzv-endpoint", f"127.0.0.1:{port}"),
-                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
              for rank in (0, 1)]
     try:
         outputs = [node.communicate(timeout=300)[0] for node in nodes]
     finally:
         for node in nodes:  # never leave a node waiting on its rendezvous behind a failed test
             if node.poll() is None:
-                node.kill()
+                os.killpg(node.pid, signal.SIGKILL)  # run.sh, its torchrun and its workers
                 node.wait()
     assert [node.returncode for node in nodes] == [0, 0], outputs
     assert json.loads((tmp / "exp" / "decode_dev-clean_beam.json").read_text()) == single
