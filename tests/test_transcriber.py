@@ -90,9 +90,13 @@ def test_segments_longer_than_the_limit_are_cut_and_still_transcribed(transcribe
 def test_channels_and_sample_rates_transcribe_like_the_original(transcriber, long_recording, two_minutes, tmp_path, variant):
     import librosa
 
-    wave = long_recording.waveform[: 40 * SR]
+    # About 40 s, cut in a pause: 40.0 s itself falls 0.33 s into an utterance, and what the tiny model hears in
+    # such a fragment depends on its trained weights (here 'THE CAT SAT', after another training 'SHE SOLD SEA').
+    before = max(end for start, end in long_recording.spans if end <= 40.0)
+    after = min(start for start, end in long_recording.spans if start >= before)
+    wave = long_recording.waveform[: round((before + after) / 2 * SR)]
     original = transcriber.transcribe(wave, SR, beam_size=1).text
-    assert original == two_minutes.text[: len(original)]
+    assert original == two_minutes.text[: len(original)] and len(original) > 200
     if variant == "stereo":
         data, rate = np.stack([wave, 0.5 * wave], axis=1), SR
     else:
@@ -102,7 +106,7 @@ def test_channels_and_sample_rates_transcribe_like_the_original(transcriber, lon
     soundfile.write(path, data, rate)
     result = transcriber.transcribe(path, beam_size=1)
     assert _cer(original, result.text) <= (0.15 if variant == "8k" else 0.05)
-    assert result.duration == pytest.approx(40.0, abs=0.01)
+    assert result.duration == pytest.approx(len(wave) / SR, abs=0.01)
 
 
 def test_array_bytes_and_path_give_the_same_result(transcriber, fixture_utterances, tmp_path):
