@@ -254,21 +254,37 @@ def test_changed_subsets_redo_the_features_or_refuse_once_training_started(recip
     (["--nnodes", "2", "--node-rank", "0", "--rdzv-endpoint", "h:1", "--stage", "4", "--stop-stage", "6"],
      "'--stage 4 --stop-stage 4' (training) or '--stage 6 --stop-stage 6'"),
     (["--keep-tarballs", "maybe"], "--keep-tarballs takes true or false"),
+    (["--nnodes", "2", "--node-rank", "0", "--rdzv-endpoint", "host", "--stage", "6", "--stop-stage", "6"],
+     "--rdzv-endpoint takes HOST:PORT"),
 ])
 def test_multi_node_and_option_checks(tmp_path, extra, message):
     done = _run(["bash", str(RECIPE / "run.sh"), "--exp-dir", str(tmp_path / "exp"), *extra])
     assert done.returncode == 2 and message in done.stderr, done.stderr
 
 
-def test_decoding_spans_two_nodes_and_node_0_writes_the_same_results(recipe, archives):
-    """Two 'nodes' on this machine (two run.sh under a static rendezvous on 127.0.0.1, gloo, one process each)."""
+def _free_ports(count: int) -> int:
+    """A port P on 127.0.0.1 such that P .. P+count-1 are all free now."""
     import socket
 
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = probe.getsockname()[1]
+        try:
+            for port in range(first, first + count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+    raise RuntimeError(f"no {count} consecutive free ports on 127.0.0.1")
+
+
+def test_decoding_spans_two_nodes_and_node_0_writes_the_same_results(recipe, archives):
+    """Two 'nodes' on this machine (two run.sh under a static rendezvous on 127.0.0.1, gloo, one process each)."""
     tmp, _ = archives
     single = json.loads((tmp / "exp" / "decode_dev-clean_beam.json").read_text())
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_ports(2)  # stage 6 runs torchrun twice here (beam, beam + LM), meeting at PORT and PORT+1
     nodes = [subprocess.Popen(_recipe_command(tmp, tmp / "data", tmp / "exp", UNREACHABLE, SUBSETS, "--stage", "6",
                                               "--stop-stage", "6", "--nnodes", "2", "--node-rank", str(rank),
                                               "--rdzv-endpoint", f"127.0.0.1:{port}"),
@@ -277,11 +293,12 @@ def test_decoding_spans_two_nodes_and_node_0_writes_the_same_results(recipe, arc
              for rank in (0, 1)]
     try:
         outputs = [node.communicate(timeout=300)[0] for node in nodes]
-    finally:
+    except subprocess.TimeoutExpired:
         for node in nodes:  # never leave a node waiting on its rendezvous behind a failed test
             if node.poll() is None:
                 os.killpg(node.pid, signal.SIGKILL)  # run.sh, its torchrun and its workers
-                node.wait()
+        pytest.fail("the two nodes did not finish in 300 s; their output:\n"
+                    + "\n".join(f"-- node {rank}:\n{node.communicate()[0]}" for rank, node in enumerate(nodes)))
     assert [node.returncode for node in nodes] == [0, 0], outputs
     assert json.loads((tmp / "exp" / "decode_dev-clean_beam.json").read_text()) == single
     assert (tmp / "exp" / ".decode_dev-clean.done").is_file()

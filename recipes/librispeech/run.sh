@@ -35,7 +35,8 @@
 # --stage N re-runs stage N even if it is marked done.
 # Several nodes: run stages 1-3 once, on one node; then stage 4 on every node with --nnodes N --node-rank R
 # --rdzv-endpoint HOST:PORT (node 0 averages); stage 5 on one node; stage 6 on every node as stage 4;
-# stage 7 on one node. With --nnodes > 1 only '--stage 4 --stop-stage 4' or '--stage 6 --stop-stage 6' run.
+# stage 7 on one node. Each torchrun of a stage meets on a port of its own: PORT, PORT+1, ... (stage 6 runs two
+# per decoded set with an LM, one without), so keep that range free on node 0. With --nnodes > 1 only '--stage 4 --stop-stage 4' or '--stage 6 --stop-stage 6' run.
 set -euo pipefail
 
 recipe_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -101,6 +102,7 @@ command -v asr-s2s >/dev/null || die "asr-s2s not on PATH; run 'bash tools/setup
 case "$keep_tarballs" in true|false) ;; *) die "--keep-tarballs takes true or false, not '$keep_tarballs'" ;; esac
 if [ "$nnodes" -gt 1 ]; then  # training and decoding span the nodes; everything else runs once, on one node
   [ -n "$rdzv_endpoint" ] || die "--nnodes $nnodes needs --rdzv-endpoint HOST:PORT (node 0's address and a free port)"
+  [[ "$rdzv_endpoint" =~ ^.+:[0-9]+$ ]] || die "--rdzv-endpoint takes HOST:PORT, not '$rdzv_endpoint'"
   [ -n "$node_rank" ] || die "--nnodes $nnodes needs --node-rank R (0 to $((nnodes - 1)); node 0 writes the outputs)"
   { [ "$node_rank" -ge 0 ] && [ "$node_rank" -lt "$nnodes" ]; } 2>/dev/null || die "--node-rank must be 0 to $((nnodes - 1))"
   if [ "$stage" != "$stop_stage" ] || { [ "$stage" != 4 ] && [ "$stage" != 6 ]; }; then
@@ -169,14 +171,19 @@ done_stage() {
 }
 
 # launch NPROC COMMAND...: run an asr-s2s command, under torchrun when several processes are asked for
+launches=0  # torchrun runs so far: run K of a multi-node stage meets at PORT+K (see below)
 launch() {
   local n=$1
   shift
   if [ "$n" -gt 1 ] || [ "$nnodes" -gt 1 ]; then
     local rdzv=(--standalone)
-    # static rendezvous: node 0 holds global rank 0, which writes checkpoints and decoding outputs
+    # Static rendezvous: node 0 holds global rank 0, which writes checkpoints and decoding outputs. Each run
+    # of a stage meets on a port of its own (PORT, PORT+1, ...): a node that finished run K first must not
+    # join run K+1 at node 0's run-K store, which is about to close (it would wait there for ever).
     [ "$nnodes" -gt 1 ] && rdzv=(--nnodes "$nnodes" --node-rank "$node_rank" --rdzv-backend static
-                                 --rdzv-endpoint "$rdzv_endpoint" --rdzv-id "$name")
+                                 --rdzv-endpoint "${rdzv_endpoint%:*}:$((${rdzv_endpoint##*:} + launches))"
+                                 --rdzv-id "$name-$launches")
+    launches=$((launches + 1))
     torchrun "${rdzv[@]}" --nproc_per_node "$n" --no-python "$@"
   else
     "$@"
