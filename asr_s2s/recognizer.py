@@ -75,7 +75,7 @@ class Recognizer:
         self.device = torch.device(device)
         self.options = decode.search_options()
         active = {n for n, w in decode.scorers.items() if w > 0}
-        self.greedy = decode.beam_size == 1 and active == {"decoder"} and decode.min_length_ratio == 0
+        self.greedy = decode.beam_size == 1 and active == {"decoder"}
         scorers = build_scorers(model, registry, decode.scorers, decode.scorer_params)
         tok = model.tokenizer
         origins = {name: registry.origin("scorer", name) for name in scorers}
@@ -105,7 +105,8 @@ class Recognizer:
         tok = self.model.tokenizer
         if self.greedy:
             hyps, attention = greedy_search(
-                self.model.decoder, states, state_lengths, tok.sos_id, tok.eos_id, self.decode.max_length_ratio
+                self.model.decoder, states, state_lengths, tok.sos_id, tok.eos_id,
+                self.decode.max_length_ratio, self.decode.min_length_ratio,
             )
             out = []
             for b, (utt_id, hyp) in enumerate(zip(ids, hyps)):

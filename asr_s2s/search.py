@@ -92,15 +92,19 @@ def _constrain(scores: torch.Tensor, step: int, min_len: torch.Tensor, max_len: 
 
 @torch.inference_mode()
 def greedy_search(
-    decoder: Decoder, states: torch.Tensor, state_lengths: torch.Tensor, sos: int, eos: int, max_length_ratio: float = 1.0
+    decoder: Decoder, states: torch.Tensor, state_lengths: torch.Tensor, sos: int, eos: int,
+    max_length_ratio: float = 1.0, min_length_ratio: float = 0.0,
 ) -> tuple[list[Hypothesis], torch.Tensor]:
     """Best token at each step, for a batch.
 
     :param states: ``(B, T', D)``; :param state_lengths: ``(B,)``.
+    :param max_length_ratio: at most this many tokens per encoder frame (then ``<eos>`` is forced).
+    :param min_length_ratio: ``<eos>`` is forbidden before this many tokens per encoder frame.
     :returns: one hypothesis per utterance, and attention weights ``(B, U, T')``.
     """
     batch = states.shape[0]
-    _, max_len = length_limits(state_lengths, SearchOptions(beam_size=1, max_length_ratio=max_length_ratio))
+    min_len, max_len = length_limits(
+        state_lengths, SearchOptions(beam_size=1, max_length_ratio=max_length_ratio, min_length_ratio=min_length_ratio))
     state = decoder.init_state(states, state_lengths)
     last = torch.full((batch,), sos, dtype=torch.long, device=states.device)
     total = torch.zeros(batch, dtype=torch.float64, device=states.device)
@@ -108,7 +112,7 @@ def greedy_search(
     tokens, weights = [], []
     for step in range(int(max_len.max()) + 1):
         logp, state = decoder.step(last, state)
-        logp = _constrain(logp, step, torch.zeros_like(max_len), max_len, eos)
+        logp = _constrain(logp, step, min_len, max_len, eos)
         best, last = logp.max(-1)
         total += torch.where(finished, 0.0, best.double())
         tokens.append(torch.where(finished, eos, last))

@@ -14,6 +14,7 @@ from asr_s2s.config import DecodeConfig
 from asr_s2s.errors import ConfigError, PluginError
 from asr_s2s.features import fbank
 from asr_s2s.recognizer import Recognizer, build_scorers
+from asr_s2s.search import BeamSearch
 from asr_s2s.tokenizer import normalize_text
 
 
@@ -35,20 +36,27 @@ def test_greedy_is_used_only_for_beam_one_with_the_decoder_alone(random_model, r
     assert _recognizer(random_model, registry, beam_size=1, scorers={"decoder": 1.0, "length_bonus": 0.0}).greedy
     assert not _recognizer(random_model, registry, beam_size=2).greedy
     assert not _recognizer(random_model, registry, beam_size=1, scorers={"decoder": 1.0, "length_bonus": 0.5}).greedy
-    assert not _recognizer(random_model, registry, beam_size=1, min_length_ratio=0.1).greedy
+    assert _recognizer(random_model, registry, beam_size=1, min_length_ratio=0.1).greedy
 
 
+@pytest.mark.parametrize("min_length_ratio", [0.0, 1.0])
 @pytest.mark.parametrize("model_name", ["random_model", "trained_model"])
-def test_greedy_and_beam_one_paths_agree(request, registry, fixture_batch, model_name):
+def test_greedy_and_beam_one_paths_agree(request, registry, fixture_batch, model_name, min_length_ratio):
+    """The greedy path gives what beam search at beam 1 gives, with and without a minimum length."""
     model = request.getfixturevalue(model_name)
-    greedy = _recognizer(model, registry, beam_size=1).decode_batch(fixture_batch)
-    # a zero min-length ratio that is not exactly 0 forces the beam-search path at beam 1
-    beam = _recognizer(model, registry, beam_size=1, min_length_ratio=1e-9).decode_batch(fixture_batch)
-    assert [r.text for r in greedy] == [r.text for r in beam]
-    for g, b in zip(greedy, beam):
-        assert g.hypotheses[0].score == pytest.approx(b.hypotheses[0].score, abs=1e-4)
+    greedy = _recognizer(model, registry, beam_size=1, min_length_ratio=min_length_ratio)
+    found = greedy.decode_batch(fixture_batch)
+    search = BeamSearch(build_scorers(model, registry, {"decoder": 1.0}, {}), greedy.options,
+                        model.tokenizer.sos_id, model.tokenizer.eos_id, model.vocab_size)
+    states, lengths = greedy.encode(fixture_batch.feats, fixture_batch.feat_lengths)
+    beam = [hyps[0] for hyps in search(states, lengths)]
+    assert [r.hypotheses[0].tokens for r in found] == [b.tokens for b in beam]
+    for g, b, length in zip(found, beam, lengths.tolist()):
+        assert g.hypotheses[0].score == pytest.approx(b.score, abs=1e-4)
         assert g.attention is not None and g.attention.shape[0] == len(g.hypotheses[0].tokens) + 1
         assert np.allclose(g.attention.sum(-1), 1.0, atol=1e-5)
+        if min_length_ratio == 1.0:  # <eos> forbidden until the last frame, forced there
+            assert len(g.hypotheses[0].tokens) == length
 
 
 def _decode_waves(recognizer, waves):
