@@ -130,3 +130,32 @@ def on_main(fn: Callable[[], T], failure: Callable[[str], Exception]) -> T | Non
     if outcome[0] is not None:
         raise failure(outcome[0])
     return result
+
+
+def gather_or_fail(fn: Callable[[], T], failure: Callable[[int, str], Exception],
+                   catch: tuple[type[BaseException], ...] = (Exception,)) -> list[T]:
+    """Run ``fn`` on every rank and gather the results, or fail on every rank at once if it failed on any.
+
+    Each rank passes on its result, or the message of a ``catch`` error, before any rank goes on, so that
+    one rank's failure (a full disk under its outputs) stops the others with its message instead of leaving
+    them waiting in their next collective. In one process it is ``[fn()]``.
+
+    :param failure: builds the error a rank raises from another rank's number and message.
+    :returns: every rank's result, in rank order.
+    :raises: on a rank where ``fn`` failed, its own error; on the others, ``failure(rank, message)`` for the
+        first rank that failed.
+    """
+    if not is_distributed():
+        return [fn()]
+    result, error, message = None, None, None
+    try:
+        result = fn()
+    except catch as exc:
+        error, message = exc, f"{type(exc).__name__}: {exc}"
+    outcomes = all_gather_objects((result, message))
+    if error is not None:
+        raise error
+    for rank, (_, other) in enumerate(outcomes):
+        if other is not None:
+            raise failure(rank, other)
+    return [outcome for outcome, _ in outcomes]

@@ -5,7 +5,8 @@ small wrapper records which utterances each rank trains on. The test proves that
 the ranks' batches are disjoint and cover each epoch, that rank 0 alone writes, and
 that 2 processes end with the same weights as 1 process with the same global batch
 (1 process, ``accum_grad: 2``). ``asr-s2s evaluate`` under torchrun merges the
-ranks' shares into the same results as one process.
+ranks' shares into the same results as one process; ``asr-s2s transcribe`` under
+torchrun transcribes each input once, on one rank, and writes what one process writes.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -286,3 +289,139 @@ def test_a_failed_checkpoint_write_on_rank_0_stops_every_rank_at_once(data, tmp_
     assert "epoch-1.pt: could not write checkpoint ([Errno 28] No space left on device)" in errors[0]
     assert "epoch-1.pt: rank 0 could not save this checkpoint, so every rank stops (CheckpointError: " in errors[1]
     assert not (tmp_path / "exp" / "checkpoints" / "epoch-1.pt").exists()
+
+
+# -- transcribe under torchrun: each rank a share of the inputs ---------------------------------------------
+TRANSCRIBE_WORKER = textwrap.dedent(
+    """
+    import json, os, sys
+    from asr_s2s import transcriber
+    from asr_s2s.cli import main
+
+    rank, many = os.environ.get("RANK", "0"), transcriber.Transcriber.transcribe_many
+
+    def traced(self, inputs, *args, **kwargs):
+        inputs = list(inputs)
+        with open(os.path.join(sys.argv[1], f"seen-rank{rank}.json"), "w") as out:  # before rank 0 may exit
+            json.dump([item.name for item in inputs], out)
+        return many(self, inputs, *args, **kwargs)
+
+    transcriber.Transcriber.transcribe_many = traced
+    code = main(sys.argv[2:])
+    with open(os.path.join(sys.argv[1], f"code-rank{rank}"), "w") as out:
+        out.write(str(code))
+    sys.exit(code)
+    """
+)
+
+
+def _transcribe_2(tmp_path, *args):
+    """``torchrun --nproc_per_node 2`` of asr-s2s transcribe: the run, the inputs each rank transcribed, and
+    rank 0's exit status."""
+    worker = tmp_path / "transcribe_worker.py"
+    worker.write_text(TRANSCRIBE_WORKER)
+    for old in [*tmp_path.glob("seen-rank*.json"), *tmp_path.glob("code-rank*")]:
+        old.unlink()
+    done = _torchrun(tmp_path, worker, tmp_path, "transcribe", *map(str, args), timeout=120)
+    assert (tmp_path / "code-rank0").is_file(), done.stdout[-3000:] + done.stderr[-3000:]
+    seen = [json.loads((tmp_path / f"seen-rank{r}.json").read_text()) for r in range(2)]
+    return done, seen, int((tmp_path / "code-rank0").read_text())
+
+
+def _outputs(folder):
+    return {p.name: p.read_text() for p in sorted(folder.glob("*.txt"))}
+
+
+def test_transcribe_splits_the_inputs_across_ranks(robust_package, fixture_utterances, run_cli, tmp_path):
+    """6 good files and a corrupt one on 2 processes. With --output-dir and --skip-existing after an
+    interrupted run: the finished inputs are skipped before the split, the rest are shared out evenly and each
+    transcribed once, untouched outputs keep their mtimes, the new ones are those of one process, and the
+    corrupt file gives exit 1. Without --output-dir: rank 0 prints every rank's lines in input order."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for u in fixture_utterances[:6]:
+        shutil.copy(u.audio, inputs / Path(u.audio).name)
+    flac = Path(fixture_utterances[0].audio).read_bytes()
+    (inputs / "1001-10-0000x.flac").write_bytes(flac[: len(flac) // 2])  # corrupt, sorted second
+    names = sorted(str(p) for p in inputs.iterdir())
+    options = ["--model", robust_package, "--beam-size", "1", inputs]
+    code, out, err = run_cli("transcribe", *options, "--output-dir", tmp_path / "one", "-q")
+    assert code == 1 and out == "" and "1 of 7 input(s) failed" in err
+    one = _outputs(tmp_path / "one")
+    assert len(one) == 6
+
+    # as if an interrupted run had written 2 of the 6 outputs: the rest and the corrupt file are done
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    kept = sorted(one)[1::3]
+    for name in set(one) - set(kept):
+        (tmp_path / "two" / name).unlink()
+    mtimes = {name: (tmp_path / "two" / name).stat().st_mtime_ns for name in kept}
+    done, seen, code = _transcribe_2(tmp_path, *options, "--output-dir", tmp_path / "two", "--skip-existing")
+    todo = [n for n in names if Path(n).stem + ".txt" not in kept]
+    assert done.returncode == 1 and code == 1, done.stderr[-3000:]
+    assert seen == [todo[0::2], todo[1::2]] and len(todo) == 5, "the remaining inputs, shared out, each once"
+    assert done.stderr.count("skipping 2 input(s) whose output exists") == 1
+    assert done.stderr.count("1 of 5 input(s) failed") == 1 and "1001-10-0000x.flac: corrupt" in done.stderr
+    assert {name: (tmp_path / "two" / name).stat().st_mtime_ns for name in kept} == mtimes
+    assert _outputs(tmp_path / "two") == one
+
+    # no --output-dir: rank 0 prints the lines of both ranks, as one process would
+    done, seen, code = _transcribe_2(tmp_path, *options, "-q")
+    assert done.returncode == 1 and code == 1 and seen == [names[0::2], names[1::2]]
+    code, out, _ = run_cli("transcribe", *options, "-q")
+    assert done.stdout == out and len(out.splitlines()) == 6 and done.stderr.count("1 of 7 input(s) failed") == 1
+
+
+GATHER_WORKER = textwrap.dedent(
+    """
+    import os, sys
+    from asr_s2s import distributed
+    from asr_s2s.errors import AsrS2SError
+
+    distributed.init_from_env("cpu")
+    rank = distributed.get_rank()
+
+    def work():
+        if rank == int(sys.argv[1]):
+            raise OSError(28, "No space left on device")
+        return rank * 10
+
+    try:
+        print(distributed.gather_or_fail(work, lambda r, e: AsrS2SError(f"rank {r} stopped ({e})"), catch=(OSError,)))
+    except (OSError, AsrS2SError) as exc:
+        print(type(exc).__name__, exc)
+    distributed.cleanup()
+    """
+)
+
+
+@pytest.mark.parametrize("failing", [-1, 1])
+def test_gather_or_fail_stops_every_rank_with_the_failure(tmp_path, failing):
+    """Every rank's result, in rank order; or, if one rank fails, its own error there and the same message on
+    every other rank (which would otherwise wait for it in their next collective)."""
+    worker = tmp_path / "gather.py"
+    worker.write_text(GATHER_WORKER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, str(worker), str(failing)], text=True, stdout=subprocess.PIPE,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
+                                   "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+             for rank in range(2)]
+    try:
+        outs = [proc.communicate(timeout=120)[0].strip() for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    if failing < 0:
+        assert outs == ["[0, 10]", "[0, 10]"]
+    else:
+        assert outs == ["AsrS2SError rank 1 stopped (OSError: [Errno 28] No space left on device)",
+                        "OSError [Errno 28] No space left on device"]
+    assert distributed.gather_or_fail(lambda: 3, lambda r, e: AssertionError(e)) == [3], "one process: [fn()]"
+
+
+def test_transcribe_refuses_stdin_under_torchrun(robust_package, fixture_utterances, run_cli, monkeypatch):
+    monkeypatch.setattr(distributed, "init_from_env", lambda device: distributed.DistInfo(0, 2, 0, device))
+    code, out, err = run_cli("transcribe", "--model", robust_package, fixture_utterances[0].audio, "-", "-q")
+    assert code == 2 and out == "" and "'-' (stdin) cannot be split across torchrun processes" in err

@@ -202,5 +202,5 @@ def decode_parser(model_decode: dict | None = None) -> argparse.ArgumentParser:
                         help="end a hypothesis only where the decoder's log-probability of <eos> is at least G times "
                              "its best other token's (1.5 keeps a word LM from cutting outputs short) "
                              f"(default: {shown['eos_threshold']}, {source}; none: always)")
-    add_device_flags(decode)
+    add_device_flags(decode, under_torchrun=True)
     return decode

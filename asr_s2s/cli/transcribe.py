@@ -1,4 +1,5 @@
-"""``asr-s2s transcribe``: input discovery (files, folders, globs, stdin), options, outputs."""
+"""``asr-s2s transcribe``: input discovery (files, folders, globs, stdin), options, outputs; under torchrun,
+each rank transcribes a share of the inputs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import BinaryIO
 from asr_s2s.cli.options import (
     EXIT_OK, EXIT_SOME_FAILED, check_output_dir, decode_overrides, set_threads,
 )
-from asr_s2s.errors import ConfigError
+from asr_s2s.errors import AsrS2SError, ConfigError
 from asr_s2s.files import write_text_atomically
 
 log = logging.getLogger("asr_s2s")
@@ -112,18 +113,29 @@ def _plot_segments(result, plot_dir: Path, out_name: str) -> None:
         plot_attention(segment.attention, path, title=title, labels=segment.text)
 
 
-def _emit(result, job: _Job, out_dir: Path | None, fmt: str, bar) -> None:
-    """Write one transcription to its file under ``out_dir``, or print it above the progress bar."""
+def _stdout_text(result, job: _Job, fmt: str) -> str:
+    """What stdout shows of one transcription (a newline follows it)."""
     from asr_s2s.formats import format_transcription, to_json
+
+    if fmt == "txt":
+        return f"{job.name}\t{result.text}"
+    if fmt == "json":
+        return to_json(result, indent=None).rstrip("\n")
+    return format_transcription(result, fmt).rstrip("\n") + "\n"
+
+
+def _emit(result, job: _Job, out_dir: Path | None, fmt: str, bar) -> str | None:
+    """Write one transcription to its file under ``out_dir`` (returns None), or return what stdout is to show,
+    printed above the progress bar unless ``bar`` is None (under torchrun rank 0 prints it later, in order)."""
+    from asr_s2s.formats import format_transcription
 
     if out_dir is not None:
         write_text_atomically(out_dir / f"{job.out_name}.{fmt}", format_transcription(result, fmt))
-    elif fmt == "txt":
-        bar.write(f"{job.name}\t{result.text}", file=sys.stdout)
-    elif fmt == "json":
-        bar.write(to_json(result, indent=None).rstrip("\n"), file=sys.stdout)
-    else:
-        bar.write(format_transcription(result, fmt).rstrip("\n") + "\n", file=sys.stdout)
+        return None
+    text = _stdout_text(result, job, fmt)
+    if bar is not None:
+        bar.write(text, file=sys.stdout)
+    return text
 
 
 def _planned(jobs: list[_Job], out_dir: Path | None, args) -> list[_Job]:
@@ -151,44 +163,118 @@ def _planned(jobs: list[_Job], out_dir: Path | None, args) -> list[_Job]:
     return jobs
 
 
-def cmd_transcribe(args) -> int:
-    from asr_s2s.progress import progress_bar
-    from asr_s2s.transcriber import AudioInput, load_model
+def _plan(args, out_dir: Path | None) -> tuple[list[_Job], int]:
+    """The jobs to run (:func:`_planned`), each pattern that named nothing logged; and how many did."""
+    jobs, problems = _expand_inputs(args.inputs)
+    for problem in problems:
+        log.error("%s", problem)
+    return _planned(jobs, out_dir, args), len(problems)
 
-    if args.skip_existing and not args.output_dir:
-        raise ConfigError("--skip-existing needs --output-dir (it skips inputs whose output file exists)")
-    check_output_dir(args.output_dir, "--output-dir")
-    check_output_dir(args.plot_attention, "--plot-attention")
+
+def _load(args):
+    """The transcriber of ``--model`` and the transcription options the command line gives."""
+    from asr_s2s.transcriber import load_model
+
     set_threads(args)
     transcriber = load_model(args.model, device=args.device, disable_plugins=args.disable_plugin)
     options = transcriber.options.with_overrides(
         **decode_overrides(args, transcriber.registry), max_segment_s=args.max_segment_s, min_pause_s=args.min_pause_s,
         word_timestamps=args.word_timestamps, attention=bool(args.plot_attention),
     )
-    jobs, problems = _expand_inputs(args.inputs)
-    for problem in problems:
-        log.error("%s", problem)
-    out_dir = Path(args.output_dir) if args.output_dir else None
-    jobs = _planned(jobs, out_dir, args)
-    failed = len(problems)
+    return transcriber, options
+
+
+def _transcribe(transcriber, options, jobs: list[_Job], out_dir: Path | None, args, hold: bool = False,
+                show: bool = True, desc: str = "transcribing") -> tuple[int, list[str | None]]:
+    """Transcribe ``jobs``, writing each output under ``out_dir`` or printing it as it comes.
+
+    :param hold: return what stdout is to show instead of printing it (under torchrun rank 0 prints every
+        rank's, in input order).
+    :param show: show the progress bar (unless ``--quiet``).
+    :returns: how many inputs failed, and with ``hold`` the stdout text of each job (None: failed or written).
+    """
+    from asr_s2s.progress import progress_bar
+    from asr_s2s.transcriber import AudioInput
+
     inputs = [AudioInput(job.name, job.source) for job in jobs]
-    total_s = None if args.quiet else _known_duration_s(jobs)
+    show = show and not args.quiet
+    total_s = _known_duration_s(jobs) if show else None
     of_total = "?" if total_s is None else "{total:.0f}"
-    with progress_bar(total=total_s, unit="s", desc="transcribing", disable=args.quiet,
+    failed, held = 0, []
+    with progress_bar(total=total_s, unit="s", desc=desc, disable=not show,
                       bar_format="{l_bar}{bar}| {n:.0f}/" + of_total + " audio s [{elapsed}<{remaining}]") as bar:
         results = transcriber.transcribe_many(inputs, options, progress=bar.update, num_workers=args.num_workers)
         for job, outcome in zip(jobs, results):
-            result = outcome.transcription
+            text = None
             if outcome.ok:
-                _emit(result, job, out_dir, args.format, bar)
+                text = _emit(outcome.transcription, job, out_dir, args.format, None if hold else bar)
                 if args.plot_attention:
-                    _plot_segments(result, Path(args.plot_attention), job.out_name)
+                    _plot_segments(outcome.transcription, Path(args.plot_attention), job.out_name)
             else:
                 failed += 1
                 log.error("%s", outcome.error)
+            if hold:
+                held.append(text)
             sys.stdout.flush()
+    return failed, held
+
+
+def _transcribe_shared(transcriber, options, out_dir: Path | None, args, dist_info) -> tuple[int, int]:
+    """Under torchrun: rank 0 finds the inputs and drops those --skip-existing skips, for every rank at once
+    (so that all agree, whatever the others write meanwhile); rank r transcribes remaining inputs r, r + N,
+    r + 2N, ... of N and writes their outputs; without --output-dir rank 0 prints every rank's in input order.
+
+    :returns: how many inputs failed on any rank (patterns that named nothing included), of how many.
+    """
+    from asr_s2s import distributed
+
+    planned = distributed.on_main(lambda: _plan(args, out_dir), lambda error: ConfigError(
+        f"rank 0 stopped before transcribing, so every rank stops ({error})"))
+    jobs, problems = distributed.all_gather_objects(planned)[0]
+    rank, world = dist_info.rank, dist_info.world_size
+    if dist_info.is_main:
+        log.info("transcribing %d input(s) on %d processes (rank r: inputs r, r + %d, ...)", len(jobs), world, world)
+    outcomes = distributed.gather_or_fail(
+        lambda: _transcribe(transcriber, options, jobs[rank::world], out_dir, args, hold=out_dir is None,
+                            show=dist_info.is_main, desc=f"transcribing (rank 0 of {world})"),
+        lambda other, error: AsrS2SError(f"rank {other} stopped ({error}), so every rank stops"),
+        catch=(AsrS2SError, OSError),
+    )
+    distributed.cleanup()
+    if dist_info.is_main and out_dir is None:
+        for i in range(len(jobs)):
+            text = outcomes[i % world][1][i // world]
+            if text is not None:
+                print(text, file=sys.stdout, flush=True)
+    return problems + sum(failed for failed, _ in outcomes), problems + len(jobs)
+
+
+def cmd_transcribe(args) -> int:
+    from asr_s2s import distributed
+
+    if args.skip_existing and not args.output_dir:
+        raise ConfigError("--skip-existing needs --output-dir (it skips inputs whose output file exists)")
+    check_output_dir(args.output_dir, "--output-dir")
+    check_output_dir(args.plot_attention, "--plot-attention")
+    dist_info = distributed.init_from_env(args.device)  # under torchrun: each rank transcribes a share
+    if dist_info.world_size > 1 and "-" in args.inputs:
+        raise ConfigError("'-' (stdin) cannot be split across torchrun processes: save the audio to a file, "
+                          "or transcribe stdin without torchrun")
+    args.device = dist_info.device
+    transcriber, options = _load(args)
+    out_dir = Path(args.output_dir) if args.output_dir else None
+    if dist_info.world_size > 1:
+        failed, total = _transcribe_shared(transcriber, options, out_dir, args, dist_info)
+    else:
+        jobs, problems = _plan(args, out_dir)
+        failed, _ = _transcribe(transcriber, options, jobs, out_dir, args)
+        failed, total = failed + problems, len(jobs) + problems
+    if not dist_info.is_main:
+        # rank 0 gives the exit status of the whole run, as evaluate's does: a rank that exited 1 first would
+        # have torchrun stop rank 0 (SIGTERM) while it still prints the outputs
+        return EXIT_OK
     if failed:
-        log.error("%d of %d input(s) failed", failed, len(jobs) + len(problems))
+        log.error("%d of %d input(s) failed", failed, total)
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
@@ -212,7 +298,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser, d
             "input (several need --output-dir). With --output-dir, each input gets DIR/NAME.FORMAT instead\n"
             "(inputs found in a directory keep their sub-folders; stdin is written as DIR/stdin.FORMAT).\n"
             "Bad inputs are reported on stderr and skipped.\n"
-            "Exit codes: 0 all transcribed; 1 some inputs failed; 2 bad usage, options or model."
+            "Under 'torchrun --nproc_per_node=N --no-python asr-s2s transcribe ...' (one process per GPU with\n"
+            "--device cuda) the inputs are split: --skip-existing drops the finished ones first, then each\n"
+            "process transcribes every N-th remaining input and writes its outputs; without --output-dir\n"
+            "rank 0 prints them all at the end, in input order. '-' (stdin) cannot be split.\n"
+            "Exit codes: 0 all transcribed; 1 some inputs failed (under torchrun: on any process, rank 0 exits 1);\n"
+            "2 bad usage, options or model."
         ),
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio file, directory, glob (quote it), or - for stdin")
