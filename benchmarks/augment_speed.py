@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from common import median_time
+from common import machine_line, median_time
 
 from asr_s2s.augment import AugmentationChain
 from asr_s2s.audio import SAMPLE_RATE_HZ
@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--train-audio-s-per-s", type=float, default=100.0,
                         help="training throughput to compare with (audio-s per s; default: 100, the recipe model's)")
     args = parser.parse_args()
+    print(machine_line())
     entries = load_config(args.config).train.augment
     wave = utterance(args.seconds)
     registry = Registry()

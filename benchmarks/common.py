@@ -1,10 +1,13 @@
-"""Shared set-up for the benchmarks: model configs and synthetic batches."""
+"""Shared set-up for the benchmarks: model configs, synthetic batches, timing and the machine line."""
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -27,6 +30,41 @@ REFERENCE_TOKENS = 32
 DEFAULT_CONFIG = "recipes/mini_librispeech/conf/las_mini.yaml"
 LAS_100H_CONFIG = "recipes/librispeech/conf/las_100h.yaml"  # the LibriSpeech recipe's 100 h model
 LAS_960H_CONFIG = "recipes/librispeech/conf/las_960h.yaml"  # and its 960 h model
+# CPU flags that decide which kernels run: AVX2/AVX-512 matmuls, bf16 dot products, AMX tiles.
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
+    """The CPU's model name and flags, from ``/proc/cpuinfo`` (``platform.processor()`` and no flags elsewhere)."""
+    model, flags = "", set()
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not model:
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return model or platform.processor() or platform.machine(), flags
+
+
+def machine_line(threads: int | None = None, device: str = "cpu") -> str:
+    """One line naming the machine a benchmark ran on: CPU model, the kernel-deciding flags, torch, threads.
+
+    :param threads: the torch thread count the timed work uses (default: this process's).
+    :param device: a CUDA device adds its name.
+    """
+    model, flags = cpu_info()
+    present = " ".join(f for f in CPU_FLAGS if f in flags) or "none"
+    absent = " ".join(f for f in CPU_FLAGS if f not in flags)
+    shown = f"flags {present}" + (f", no {absent}" if absent else "")
+    line = (f"machine: {model}, {os.cpu_count()} CPUs ({shown}), torch {torch.__version__}, "
+            f"{threads or torch.get_num_threads()} threads")
+    if device.startswith("cuda") and torch.cuda.is_available():
+        line += f", {torch.cuda.get_device_name(torch.device(device))}"
+    return line
 
 
 def build(config: ModelConfig, num_tokens: int | None = None) -> ASRModel:

@@ -1,7 +1,7 @@
 """Decoding real-time factor: greedy and beam search with scorers, batched and one utterance at a time.
 
 Usage:
-    python benchmarks/decode_speed.py [--utterances 8] [--min-seconds 5] [--max-seconds 10]
+    python benchmarks/decode_speed.py [--utterances 8] [--min-seconds 5] [--max-seconds 10] [--peers [--setup-peers]]
     python benchmarks/decode_speed.py --model DIR --manifest test.jsonl [--lm DIR] [--limit N]
 
 RTF = decode wall time / audio time, encoder included, features precomputed
@@ -9,9 +9,14 @@ RTF = decode wall time / audio time, encoder included, features precomputed
 
 Without --model: the scorer issue's reference model (random weights, <eos>
 suppressed so that every utterance runs as many steps as it has encoder
-frames, as the peers were measured) decodes random features of 8 utterances
-of 5-10 s, next to ESPnet's and SpeechBrain's figures measured on this machine;
-then the default recipe model, also random, with decoder-only beams.
+frames) decodes random features of 8 utterances of 5-10 s; then the default
+recipe model, also random, with decoder-only beams.
+
+With --peers, SpeechBrain decodes the same features with the same model built
+from its own modules (benchmarks/peers/speechbrain_reference.py, in the
+environment benchmarks/peers/setup.sh makes; --setup-peers runs that first),
+right after our reference rows, with the same thread count and repeats; the
+peer's RTFs and the ratios printed are from this run only.
 
 With --model and --manifest: a trained package decodes a test set (say the
 bundled test split) with beam 10 and ``decoder`` + ``ctc`` 0.3 (+ ``lm`` 0.3
@@ -28,12 +33,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
+import subprocess
+import tempfile
 from pathlib import Path
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from common import build, median_time, models
+from common import REFERENCE, REFERENCE_TOKENS, build, machine_line, median_time, models
 
 from asr_s2s.batching import BucketBatchSampler
 from asr_s2s.config import DecodeConfig
@@ -45,12 +54,10 @@ from asr_s2s.recognizer import Recognizer
 
 FRAMES_PER_SECOND = 100
 BF16 = ", bf16 encoder"  # label suffix of the rows decoded with decode.precision "bf16"
-# Real-time factors of the peers on the reference setting, measured on this machine (scorer issue).
-PEERS = {
-    "beam 10 + ctc 0.3, one at a time": {"ESPnet": 0.44, "SpeechBrain": 0.17},
-    "beam 10 + ctc 0.3, batch": {"ESPnet": 0.11, "SpeechBrain": 0.105},
-    "greedy, batch": {"ESPnet": 0.032, "SpeechBrain": 0.026},
-}
+PEERS_DIR = Path(__file__).resolve().parent / "peers"
+PEER_PYTHON = PEERS_DIR / ".venv" / "bin" / "python"
+PEER_SETUP = PEERS_DIR / "setup.sh"
+SPEECHBRAIN_SCRIPT = PEERS_DIR / "speechbrain_reference.py"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +68,8 @@ class Item:
 
 def random_items(count: int, min_s: float, max_s: float) -> list[Item]:
     generator = torch.Generator().manual_seed(0)
-    seconds = torch.linspace(min_s, max_s, count).tolist()
-    return [Item(torch.randn(int(s * FRAMES_PER_SECOND), 80, generator=generator) * 3 + 10, s) for s in seconds]
+    frames = [int(s * FRAMES_PER_SECOND) for s in torch.linspace(min_s, max_s, count).tolist()]
+    return [Item(torch.randn(t, 80, generator=generator) * 3 + 10, t / FRAMES_PER_SECOND) for t in frames]
 
 
 def manifest_items(path: str, limit: int | None, tokenizer) -> list[Item]:
@@ -94,13 +101,50 @@ def rtf(recognizer: Recognizer, items: list[Item], groups: list[list[int]] | Non
     return median_time(run, repeats) / sum(i.seconds for i in items)
 
 
-def report(title: str, rows: dict[str, float], base: str, peers: dict | None = None) -> None:
+def report(title: str, rows: dict[str, float], base: str) -> None:
     print(f"\n{title}:")
     for label, value in rows.items():
-        line = f"  {label:36s} RTF {value:.4f}   {rows[base] and value / rows[base]:5.2f}x the time of '{base}'"
-        for peer, figure in (peers or {}).get(label.removesuffix(BF16), {}).items():
-            line += f"   {peer} {figure:.3f} ({figure / value:.1f}x slower)"
-        print(line)
+        print(f"  {label:36s} RTF {value:.4f}   {rows[base] and value / rows[base]:5.2f}x the time of '{base}'")
+
+
+def reference_spec() -> dict:
+    """The reference model's sizes (benchmarks/common.py's REFERENCE) as speechbrain_reference.py's ``--spec``."""
+    encoder, decoder = REFERENCE.encoder, REFERENCE.decoder
+    return {
+        "features": REFERENCE.num_mel_bins, "encoder_hidden": encoder["hidden_size"],
+        "base_layers": encoder["base_layers"], "pyramid_layers": encoder["pyramid_layers"],
+        "decoder_hidden": decoder["hidden_size"], "embed_dim": decoder["embed_dim"],
+        "attention_dim": decoder["attention_dim"], "conv_channels": decoder["conv_channels"],
+        "conv_kernel": decoder["conv_kernel"], "tokens": REFERENCE_TOKENS,
+    }
+
+
+def setup_peers() -> None:
+    """Create or update the peers' environment (benchmarks/peers/setup.sh)."""
+    subprocess.run(["bash", str(PEER_SETUP)], check=True)
+
+
+def run_speechbrain(args, items: list[Item]) -> dict:
+    """Time SpeechBrain on ``items`` in its own environment; returns its JSON (rows, versions, ...)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        features = Path(tmp) / "features.pt"
+        torch.save([i.feats for i in items], features)
+        command = [str(PEER_PYTHON), str(SPEECHBRAIN_SCRIPT), str(features), "--threads", str(torch.get_num_threads()),
+                   "--repeats", str(args.repeats), "--beam-size", str(args.beam_size), "--spec", json.dumps(reference_spec())]
+        out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def report_peer(name: str, peer: dict, rows: dict[str, float]) -> None:
+    """Our rows next to the peer's rows of this run; bf16 rows face the peer's fp32 row of the same search."""
+    v = peer["versions"]
+    print(f"\n{name} {v[name.lower()]} (torch {v['torch']}, {peer['threads']} threads, "
+          f"{peer['parameters'] / 1e6:.2f}M parameters), same features, this run:")
+    print(f"  {'row':47s} {'asr-s2s RTF':>11s} {name + ' RTF':>15s}   {name} / asr-s2s")
+    for label, ours in rows.items():
+        theirs = peer["rows"].get(label.removesuffix(BF16))
+        if theirs is not None:
+            print(f"  {label:47s} {ours:11.4f} {theirs:15.4f}   {theirs / ours:6.2f}x")
 
 
 def reference(args, registry: Registry) -> None:
@@ -111,7 +155,7 @@ def reference(args, registry: Registry) -> None:
     suppress_eos = DecodeConfig(max_length_ratio=1.0, min_length_ratio=1.0)
     for name, (config, tokens) in models(root).items():
         model = build(config, tokens)
-        greedy = dataclasses.replace(suppress_eos, beam_size=1, scorers={"decoder": 1.0}, min_length_ratio=0.0)
+        greedy = dataclasses.replace(suppress_eos, beam_size=1, scorers={"decoder": 1.0})
         beam = dataclasses.replace(suppress_eos, beam_size=args.beam_size, scorers={"decoder": 1.0})
         ctc = dataclasses.replace(beam, scorers={"decoder": 0.7, "ctc": 0.3})
         k = args.beam_size
@@ -126,7 +170,9 @@ def reference(args, registry: Registry) -> None:
             for label, cfg, batched in setups
         }
         base = f"beam {k} + ctc 0.3, batch" if model.ctc is not None else f"beam {k}, batch"
-        report(f"{name} model (random weights, <eos> suppressed)", rows, base, PEERS if name == "reference" else None)
+        report(f"{name} model (random weights, <eos> suppressed)", rows, base)
+        if name == "reference" and args.peers:
+            report_peer("SpeechBrain", run_speechbrain(args, items), rows)
 
 
 def trained(args, registry: Registry) -> None:
@@ -168,12 +214,29 @@ def main() -> None:
     parser.add_argument("--beam-size", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
+    parser.add_argument("--threads", type=int, help="torch threads, the peers' too (default: torch's choice)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the batched rows with the encoder under bf16 autocast "
                              "(decode.precision: bf16; pays on CPUs with AMX)")
+    parser.add_argument("--peers", action="store_true",
+                        help="without --model: also time SpeechBrain on the reference model, in this run "
+                             "(needs benchmarks/peers/.venv: bash benchmarks/peers/setup.sh, or --setup-peers)")
+    parser.add_argument("--setup-peers", action="store_true",
+                        help="create or update benchmarks/peers/.venv first (implies --peers)")
     args = parser.parse_args()
     if bool(args.model) != bool(args.manifest):
         parser.error("--model and --manifest go together")
+    args.peers = args.peers or args.setup_peers
+    if args.peers and (args.model or args.device != "cpu"):
+        parser.error("--peers compares the reference model on the CPU only; leave out --model and --device")
+    if args.peers and not args.setup_peers and not PEER_PYTHON.exists():
+        parser.error(f"--peers: {PEER_PYTHON} not found; create the peers' environment with "
+                     f"'bash {os.path.relpath(PEER_SETUP)}' (or add --setup-peers)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(machine_line(device=args.device))
+    if args.setup_peers:
+        setup_peers()
     registry = Registry()
     (trained if args.model else reference)(args, registry)
 

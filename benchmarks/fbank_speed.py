@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from common import median_time
+from common import machine_line, median_time
 
 from asr_s2s.audio import SAMPLE_RATE_HZ, load_audio
 from asr_s2s.features import fbank
@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
+    print(machine_line())
     rng = np.random.default_rng(0)
     wave = (0.1 * rng.standard_normal(int(args.seconds * SAMPLE_RATE_HZ))).astype(np.float32)
     t_fbank = median_time(lambda: fbank(wave), args.repeats)

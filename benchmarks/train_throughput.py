@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import resource
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common import build, median_time, models
+from common import build, machine_line, median_time, models
 
 CHARS_PER_SECOND = 15
 FRAMES_PER_SECOND = 100
@@ -188,8 +187,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{os.cpu_count()} CPUs"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}")
+    print(machine_line(device=args.device))
     print(f"batch {args.batch} x {args.seconds:.1f} s utterances; median of {args.repeats} steps"
           f"{'; bf16 autocast, cuDNN LSTM' if args.device.startswith('cuda') else '; fp32'}")
     context = multiprocessing.get_context("spawn")  # a fresh process per figure: peak memory is the model's own

@@ -132,9 +132,10 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    import torch
+    from common import machine_line
 
-    print(f"model: {args.model or 'recipe config, random weights'}; torch threads: {args.threads or torch.get_num_threads()}")
+    print(machine_line(threads=args.threads))
+    print(f"model: {args.model or 'recipe config, random weights'}")
     with tempfile.TemporaryDirectory() as tmp:
         files = {m: Path(tmp) / f"{m:g}min.flac" for m in sorted({args.rtf_minutes, *args.memory_minutes})}
         for minutes, path in files.items():
