@@ -123,6 +123,40 @@ def test_attention_module_context_is_weighted_memory():
     assert torch.all(weights[~mask] == 0) and torch.all(weights[mask] > 0)
 
 
+def _textbook_weights(attention: Attention, states, mask, query, previous) -> torch.Tensor:
+    """softmax(w^T tanh(W m + c + V q + U (F * a_prev)) + b), written out as in Chorowski et al. 2015."""
+    h = attention.memory_proj(states).unsqueeze(1) + attention.query_proj(query).view(states.shape[0], -1, 1,
+                                                                                         attention.query_proj.out_features)
+    if attention.location:
+        location = attention.conv(previous.unsqueeze(1)).transpose(1, 2)  # (N, T', C)
+        h = h + attention.location_proj(location).view(h.shape)
+    energies = attention.energy(torch.tanh(h)).squeeze(-1)
+    return torch.softmax(energies.masked_fill(~mask.unsqueeze(1), float("-inf")), -1).view(previous.shape)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("channels", [3, 0])
+@pytest.mark.parametrize("beam", [1, 4])
+def test_sigmoid_energies_give_the_tanh_attention_weights(grad, channels, beam):
+    """2 w^T sigmoid(2h) + b differs from w^T tanh(h) + b by a constant per query: the same weights, in training
+    (autograd) and in search (in place, in a reused scratch tensor), for one or several hypotheses per utterance."""
+    torch.manual_seed(0)
+    attention = Attention(memory_dim=D, query_dim=4, attention_dim=6, conv_channels=channels, conv_kernel=5)
+    states, lens = _memory([7, 4, 9])
+    mask = length_mask(lens, 9)
+    n = 3 * beam
+    previous = torch.softmax(torch.randn(n, 9).masked_fill(~mask.repeat_interleave(beam, 0), float("-inf")), -1)
+    query = torch.randn(n, 4)
+    expected = _textbook_weights(attention, states, mask, query, previous)
+    scratch = torch.full((n * 9 * 6 + 5,), float("nan"))  # stale contents must not leak into the result
+    with torch.set_grad_enabled(grad):
+        for _ in range(2):  # the second call reuses the scratch tensor
+            context, weights = attention(states, attention.project_memory(states), mask, query, previous, scratch=scratch)
+            torch.testing.assert_close(weights, expected, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(context, torch.einsum("bkt,btd->bkd", weights.view(3, beam, 9), states).view(n, D))
+    assert bool(torch.isnan(scratch[: n * 9 * 6]).all()) == grad  # search fills it; autograd never writes into it
+
+
 @pytest.mark.parametrize("kernel, frames", [(3, 2), (5, 5), (7, 20), (31, 9)])
 def test_toeplitz_location_features_equal_the_convolution(kernel, frames):
     """Decoding's Toeplitz product gives the zero-padded convolution's energies, short and long utterances alike."""
