@@ -138,6 +138,16 @@ class Attention(nn.Module):
         return torch.mm(previous, location_matrix).view(n * frames, -1)
 
 
+def _lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An LSTM cell's update from its summed gates ``(N, 4H)`` (PyTorch's order: input, forget, cell, output)
+    and cell state ``(N, H)``. :returns: the new ``h`` and ``c``, ``(N, H)`` each."""
+    hidden = c.shape[1]
+    g = torch.tanh(gates[:, 2 * hidden : 3 * hidden])
+    gates = gates.sigmoid_()
+    c = torch.addcmul(gates[:, hidden : 2 * hidden] * c, gates[:, :hidden], g)
+    return gates[:, 3 * hidden :] * torch.tanh(c), c
+
+
 class AttentionDecoder(Decoder):
     """LSTM speller in ESPnet's order: attend with the previous state, then run the LSTM.
 
@@ -232,10 +242,14 @@ class AttentionDecoder(Decoder):
             attention=state["attention"].repeat_interleave(beam, 0),
         )
 
-    def _advance(self, embedded: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _advance(
+        self, embedded: torch.Tensor | None, state: dict[str, torch.Tensor], gate_rows: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One step from embedded tokens ``(N, E)``; returns the output layer's input ``(N, H + D)``.
 
-        Without autograd the state carries ``scratch``, the attention's reused pre-activation tensor.
+        Search gives ``gate_rows`` ``(N, 4H)`` (the tokens' rows of ``state["gate_table"]``, see
+        :meth:`_search_gates`) instead of ``embedded``, and the state carries ``scratch``, the
+        attention's reused pre-activation tensor.
         """
         scratch = None
         if not torch.is_grad_enabled():
@@ -248,10 +262,17 @@ class AttentionDecoder(Decoder):
             state["memory"], state["projected"], state["mask"], state["h"][-1], state["attention"],
             state.get("location_matrix"), scratch,
         )
-        x = torch.cat([embedded, context], dim=-1)
         hs, cs = [], []
-        for layer, cell in enumerate(self.cells):
-            h, c = cell(x, (state["h"][layer], state["c"][layer]))
+        if gate_rows is not None:
+            both = torch.cat([context, state["h"][0]], dim=-1)
+            h, c = _lstm_cell(torch.addmm(gate_rows, both, state["gate_weight"].t()), state["c"][0])
+            hs.append(h)
+            cs.append(c)
+            x = h
+        else:
+            x = torch.cat([embedded, context], dim=-1)
+        for layer in range(len(hs), self.num_layers):
+            h, c = self.cells[layer](x, (state["h"][layer], state["c"][layer]))
             hs.append(h)
             cs.append(c)
             x = self.dropout(h)
@@ -259,8 +280,28 @@ class AttentionDecoder(Decoder):
         return torch.cat([x, context], dim=-1), new_state
 
     def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        features, state = self._advance(self.embed(tokens), state)
+        if torch.is_grad_enabled():
+            features, state = self._advance(self.embed(tokens), state)
+        else:
+            state = self._search_gates(state)
+            features, state = self._advance(None, state, state["gate_table"].index_select(0, tokens))
         return torch.log_softmax(self.output(features), dim=-1), state
+
+    def _search_gates(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The first LSTM layer's gates, rearranged for search (once per search, kept in the state).
+
+        ``gate_table`` ``(V, 4H)``: every token's embedding through the input weights, plus both
+        biases; ``gate_weight`` ``(4H, D + H)``: the input weights on the context next to the
+        recurrent weights. A step then costs one product ``[context, h] @ gate_weight^T`` added to
+        the tokens' rows, instead of the embedding, context and recurrent products of
+        ``nn.LSTMCell``: the same sums in another order.
+        """
+        if "gate_table" in state:
+            return state
+        cell, embed_dim = self.cells[0], self.embed.embedding_dim
+        table = torch.addmm(cell.bias_ih + cell.bias_hh, self.embed.weight, cell.weight_ih[:, :embed_dim].t())
+        weight = torch.cat([cell.weight_ih[:, embed_dim:], cell.weight_hh], dim=1)
+        return dict(state, gate_table=table.to(state["h"].dtype), gate_weight=weight.to(state["h"].dtype))
 
     def select(self, state: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
         return dict(
