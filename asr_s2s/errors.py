@@ -46,6 +46,10 @@ class CheckpointError(AsrS2SError):
     """A training checkpoint is unreadable, unsafe, does not match the model, or cannot be written."""
 
 
+class TranscriptionCancelled(AsrS2SError):
+    """A transcription was stopped before it finished, because its caller no longer wants it."""
+
+
 class TrainingError(AsrS2SError):
     """Training cannot go on: too many non-finite losses in a row, or no usable batch in an epoch."""
 

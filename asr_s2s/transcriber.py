@@ -35,7 +35,7 @@ from torch.nn.utils.rnn import pad_sequence
 from asr_s2s.alignment import align_words
 from asr_s2s.audio import SAMPLE_RATE_HZ, array_to_mono, load_audio, stream_audio
 from asr_s2s.config import DecodeConfig
-from asr_s2s.errors import AsrS2SError, AudioLoadError, ConfigError
+from asr_s2s.errors import AsrS2SError, AudioLoadError, ConfigError, TranscriptionCancelled
 from asr_s2s.features import FRAME_SHIFT_MS, fbank
 from asr_s2s.model import ASRModel
 from asr_s2s.registry import Registry
@@ -149,6 +149,9 @@ class Transcriber:
         options: TranscribeOptions | None = None,
         progress: Callable[[float], None] | None = None,
         num_workers: int = 0,
+        *,
+        on_batch: Callable[[list[tuple[Any, Segment]]], None] | None = None,
+        cancelled: Callable[[Any], bool] | None = None,
         **overrides: Any,
     ) -> Iterator[FileResult]:
         """Transcribe many recordings, decoding segments of several files together; results in input order.
@@ -162,6 +165,9 @@ class Transcriber:
         ``num_workers`` threads read and resample the next inputs while the model
         decodes (each read-ahead input is held whole in memory); 0 streams every
         input in this thread, block by block.
+
+        ``on_batch`` gets each decoded batch's ``(source, Segment)`` pairs, in order (for streaming); once
+        ``cancelled(source)`` is true (asked per block and batch), that input stops (``TranscriptionCancelled``).
 
         :raises ConfigError: for bad options (before any input is read).
         """
@@ -178,11 +184,12 @@ class Transcriber:
             file = _File(item, source)
             files.append(file)
             try:
-                blocks = self._counted(file, _input_blocks(item) if read_ahead is None else read_ahead.result())
+                blocks = _input_blocks(item) if read_ahead is None else read_ahead.result()
+                blocks = self._counted(file, _until_cancelled(file, blocks, cancelled))
                 for segment in stream_segments(blocks, vad):
                     longest = max([len(segment.samples), *(len(p.segment.samples) for p in batch)])
                     if batch and longest * (len(batch) + 1) > limit:
-                        self._decode(batch, recognizer, options, want_words)
+                        self._flush(batch, recognizer, options, want_words, on_batch, cancelled)
                         batch = []
                         yield from self._finished(files, options, progress)
                     batch.append(_Piece(file, file.count, segment))
@@ -194,7 +201,7 @@ class Transcriber:
             file.read = True
             yield from self._finished(files, options, progress)
         if batch:
-            self._decode(batch, recognizer, options, want_words)
+            self._flush(batch, recognizer, options, want_words, on_batch, cancelled)
         yield from self._finished(files, options, progress)
 
     # -- steps -----------------------------------------------------------------------
@@ -217,6 +224,20 @@ class Transcriber:
         for block in blocks:
             file.samples += len(block)
             yield block
+
+    def _flush(self, pieces: list[_Piece], recognizer: Recognizer, options: TranscribeOptions, want_words: bool,
+               on_batch: Callable[[list[tuple[Any, Segment]]], None] | None,
+               cancelled: Callable[[Any], bool] | None) -> None:
+        """Decode the pieces of inputs that have not failed or been cancelled, and report them to ``on_batch``."""
+        for piece in pieces:
+            if cancelled is not None and piece.file.error is None and cancelled(piece.file.source):
+                piece.file.error = TranscriptionCancelled(f"{piece.file.input.name}: cancelled")
+        live = [p for p in pieces if p.file.error is None]
+        if not live:
+            return
+        self._decode(live, recognizer, options, want_words)
+        if on_batch is not None:
+            on_batch([(p.file.source, p.file.decoded[p.index]) for p in live])
 
     @torch.inference_mode()
     def _decode(self, pieces: list[_Piece], recognizer: Recognizer, options: TranscribeOptions, want_words: bool) -> None:
@@ -290,6 +311,24 @@ class Transcriber:
                 file.input.name, text, segments, file.samples / SAMPLE_RATE_HZ, self.model_id, options,
             )
             yield FileResult(file.source, file.input.name, transcription=transcription)
+
+
+def _until_cancelled(file: _File, blocks: Iterable[np.ndarray], cancelled: Callable[[Any], bool] | None,
+                     ) -> Iterator[np.ndarray]:
+    """``blocks`` until ``cancelled(file.source)``, asked before each one is read."""
+    if cancelled is None:
+        yield from blocks
+        return
+    iterator = iter(blocks)
+    while not cancelled(file.source):
+        block = next(iterator, None)
+        if block is None:
+            return
+        yield block
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()  # a stream's file (or ffmpeg) is closed now, not when the generator is collected
+    raise TranscriptionCancelled(f"{file.input.name}: cancelled")
 
 
 def _input_blocks(item: AudioInput) -> Iterable[np.ndarray]:

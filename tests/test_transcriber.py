@@ -14,7 +14,7 @@ import pytest
 import soundfile
 
 import asr_s2s
-from asr_s2s.errors import AudioLoadError, ConfigError
+from asr_s2s.errors import AudioLoadError, ConfigError, TranscriptionCancelled
 from asr_s2s.metrics import error_rates
 from asr_s2s.package import save_package
 from asr_s2s.transcriber import AudioInput, Transcriber, TranscribeOptions, Transcription, load_model
@@ -170,6 +170,31 @@ def test_many_files_decode_together_like_one_at_a_time(transcriber, fixture_utte
     small = options.with_overrides(batch_seconds=3.0)  # one segment per batch
     for one, many in zip(alone, transcriber.transcribe_many(paths, small)):
         _assert_same_segments(many.transcription.segments, one.segments)
+
+
+def test_on_batch_reports_segments_as_decoded_and_cancelled_stops_an_input(transcriber, fixture_utterances, tmp_path):
+    """What a server builds on: every decoded batch is reported as it is decoded (each segment once, in order),
+    and an input whose caller gave up is read and decoded no further, while the others finish as usual."""
+    wave, _, _ = make_long_recording(fixture_utterances, 16.0, seed=5)
+    long = tmp_path / "long.wav"
+    soundfile.write(long, wave, SR)
+    paths = [fixture_utterances[0].audio, str(long), fixture_utterances[1].audio]
+    options = transcriber.options.with_overrides(beam_size=1, batch_seconds=5.0)
+    batches = []
+    whole = list(transcriber.transcribe_many(paths, options, on_batch=batches.append))
+    assert len(batches) > 3 and all(r.ok for r in whole)
+    for result in whole:
+        reported = [segment for batch in batches for source, segment in batch if source == result.source]
+        _assert_same_segments(reported, result.transcription.segments)
+
+    decoded = []
+    stopped = list(transcriber.transcribe_many(
+        paths, options, on_batch=decoded.extend,
+        cancelled=lambda source: source == str(long) and any(s == source for s, _ in decoded)))
+    assert [r.ok for r in stopped] == [True, False, True]
+    assert isinstance(stopped[1].error, TranscriptionCancelled) and str(stopped[1].error) == f"{long}: cancelled"
+    assert 0 < sum(s == str(long) for s, _ in decoded) < len(whole[1].transcription.segments)
+    assert [r.text for r in (stopped[0], stopped[2])] == [whole[0].text, whole[2].text]
 
 
 def test_transcribe_many_takes_the_keywords_of_transcribe(transcriber, fixture_utterances):
