@@ -8,7 +8,9 @@
 #     recipe's word n-gram LM), sox, ffmpeg (mp3/m4a decoding fallback) and
 #     libsndfile1;
 #   - a virtual environment in .venv with torch, torchaudio and asr-s2s
-#     (editable); --dev adds the test tools.
+#     (editable); --dev adds the test tools, the server's packages (the
+#     'serve' extra) and Debian's chromium and chromium-driver (the page test
+#     drives them; a browser downloaded at install time cannot be fetched).
 # Re-running it is cheap: finished steps are skipped.
 # TORCH_SPEC overrides the torch pins, e.g. TORCH_SPEC="torch==2.11.0 torchaudio==2.11.0".
 set -euo pipefail
@@ -21,6 +23,7 @@ extras=""
 torch_spec=${TORCH_SPEC:-"torch==2.14.1 torchaudio==2.11.0"}
 
 apt_packages="espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts wordnet-base irstlm sox ffmpeg libsndfile1"
+if [ -n "$extras" ]; then apt_packages="$apt_packages chromium chromium-driver"; fi
 missing=""
 for pkg in $apt_packages; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"

@@ -15,6 +15,7 @@ module                    commands
 :mod:`.results`           ``results`` (a recipe's best weights, tables and RESULTS.md)
 :mod:`.evaluate`          ``evaluate``
 :mod:`.transcribe`        ``transcribe``
+:mod:`.serve`             ``serve`` (the OpenAI-compatible server of :mod:`asr_s2s.server`)
 :mod:`.options`           exit codes, ``--device``/``--threads``, the decode flags (``decode_overrides``)
 :mod:`.main`              the parser, global flags, ``main``
 ========================  =====================================================

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from asr_s2s import __version__
-from asr_s2s.cli import average, corpus, data, evaluate, lm, plugins, results, train, transcribe
+from asr_s2s.cli import average, corpus, data, evaluate, lm, plugins, results, serve, train, transcribe
 from asr_s2s.cli.options import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, check_device, decode_parser
 from asr_s2s.errors import AsrS2SError
 
@@ -72,6 +72,7 @@ def build_parser(model_decode: dict | None = None) -> argparse.ArgumentParser:
     decode = decode_parser(model_decode)
     evaluate.register(sub, common, decode)
     transcribe.register(sub, common, decode)
+    serve.register(sub, common, decode)
     return parser
 
 
