@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from asr_s2s.audio import SAMPLE_RATE_HZ, stream_audio
-from asr_s2s.errors import AsrS2SError, AudioLoadError
+from asr_s2s.errors import AsrS2SError, AudioLoadError, TranscriptionCancelled
 from asr_s2s.server import ServerSettings
 from asr_s2s.server.batcher import Batcher, InternalError, Job, QueueFull
 from asr_s2s.server.fields import TranscriptionRequest, parse_request
@@ -192,13 +192,15 @@ async def transcriptions(request: Request) -> Response:
     try:
         ticket = state.batcher.admit()
     except QueueFull as full:
-        raise ApiError(503, f"the server is busy ({state.settings.queue_size} requests are waiting, its "
-                            f"--queue-size); retry after {full.retry_after_s} s", type="server_error",
-                       code="queue_full", headers={"Retry-After": str(full.retry_after_s)}) from None
+        raise _busy(state, full) from None
     folder = tempfile.TemporaryDirectory(prefix="asr-s2s-serve-", dir=state.settings.upload_dir)
     try:
         job, asked = await _prepare(request, state, Path(folder.name), ticket)
         state.batcher.submit(job)
+    except QueueFull as full:  # the server began to stop meanwhile
+        state.batcher.release(ticket)
+        folder.cleanup()
+        raise _busy(state, full) from None
     except ClientDisconnect:
         state.batcher.release(ticket)
         folder.cleanup()
@@ -219,6 +221,12 @@ async def transcriptions(request: Request) -> Response:
         return Response(body, media_type=media_type)
     finally:
         folder.cleanup()
+
+
+def _busy(state: ServerState, full: QueueFull) -> ApiError:
+    return ApiError(503, f"the server is busy ({state.settings.queue_size} requests are waiting, its --queue-size); "
+                         f"retry after {full.retry_after_s} s", type="server_error", code="queue_full",
+                    headers={"Retry-After": str(full.retry_after_s)})
 
 
 async def _prepare(request: Request, state: ServerState, folder: Path, ticket) -> tuple[Job, TranscriptionRequest]:
@@ -292,6 +300,9 @@ def _result(outcome: FileResult | BaseException, job: Job):
     if isinstance(outcome, FileResult) and outcome.ok:
         return outcome.transcription
     error = outcome.error if isinstance(outcome, FileResult) else outcome
+    if isinstance(error, TranscriptionCancelled):  # only the server's stop cancels a request whose client waits
+        raise ApiError(503, "the server is stopping; retry on its next start", type="server_error",
+                       code="server_stopping")
     if isinstance(error, InternalError) or not isinstance(error, AsrS2SError):
         raise ApiError(500, str(error) if isinstance(error, InternalError) else "internal server error",
                        type="server_error")
