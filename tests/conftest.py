@@ -248,13 +248,15 @@ ROBUST_CHECK_EVERY = 20
 
 
 def _in_surroundings(wave, rng, lead_s=None, trail_s=None, noise_dbfs=None, band_limit=None):
-    """An utterance as a segment of a long recording may look: 0-0.4 s of pause before it, its
+    """An utterance as a segment of a long recording may look: 0-6 dB quieter (a recording's level,
+    or a stereo file whose channels differ, downmixed), 0-0.4 s of pause before it, its
     trailing silence cut by up to 0.25 s or extended by up to 0.4 s, over noise at -90 to -45 dBFS,
     and one in two band-limited as if recorded at 8 kHz. Arguments given fix those choices
-    (the noise itself is always drawn from ``rng``)."""
+    (the level and the noise itself are always drawn from ``rng``)."""
     import numpy as np
     import soxr
 
+    wave = wave * np.float32(10 ** (-rng.uniform(0, 6) / 20))
     lead_s = rng.uniform(0, 0.4) if lead_s is None else lead_s
     trail_s = rng.uniform(-0.25, 0.4) if trail_s is None else trail_s
     lead, trail = int(lead_s * 16_000), int(trail_s * 16_000)
