@@ -42,6 +42,21 @@ def add_device_flags(parser: argparse.ArgumentParser, under_torchrun: bool = Fal
                         help="torch intra-op threads (default: torch's choice; 1 is fastest when other processes "
                              "share the cores)")
 
+def add_segmentation_flags(parser: argparse.ArgumentParser) -> None:
+    """How long audio is cut and timed (``--max-segment-s``, ``--min-pause-s``, ``--word-timestamps``),
+    declared once for ``transcribe`` and ``serve``."""
+    from asr_s2s.vad import MAX_SEGMENT_S, MIN_PAUSE_S
+
+    parser.add_argument("--max-segment-s", "--max-segment-seconds", dest="max_segment_s", type=float, metavar="S",
+                        help=f"longest segment the model decodes; longer stretches are cut at pauses "
+                             f"(default: {MAX_SEGMENT_S:g})")
+    parser.add_argument("--min-pause-s", type=float, metavar="S",
+                        help=f"shortest pause that separates segments (default: {MIN_PAUSE_S:g})")
+    parser.add_argument("--word-timestamps", action=argparse.BooleanOptionalAction, default=None,
+                        help="time every word by CTC forced alignment (default: when the model has a CTC head; "
+                             "--word-timestamps makes a model without one an error)")
+
+
 def check_device(name: str) -> None:
     """Refuse a torch device this machine cannot use, saying why, before any work starts."""
     import torch

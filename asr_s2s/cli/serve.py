@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 
-from asr_s2s.cli.options import EXIT_OK, decode_overrides, set_threads
+from asr_s2s.cli.options import EXIT_OK, add_segmentation_flags, decode_overrides, set_threads
 from asr_s2s.errors import ConfigError
 
 log = logging.getLogger("asr_s2s")
@@ -99,8 +99,6 @@ def _number(text: str) -> float:
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser, decode: argparse.ArgumentParser) -> None:
     """Add the serve command."""
     from asr_s2s.server import INSTALL_HINT, ServerSettings
-    from asr_s2s.vad import MAX_SEGMENT_S, MIN_PAUSE_S
-
     defaults = ServerSettings()
     p = sub.add_parser(
         "serve", parents=[common, decode], help="serve transcription over HTTP (OpenAI's audio API, a page)",
@@ -143,10 +141,5 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser, d
     p.add_argument("--upload-dir", metavar="DIR",
                    help="where each request's temporary folder (its upload) is made and removed (default: the "
                         "system's temporary folder, $TMPDIR)")
-    p.add_argument("--max-segment-s", "--max-segment-seconds", dest="max_segment_s", type=float, metavar="S",
-                   help=f"longest segment the model decodes; longer stretches are cut at pauses (default: {MAX_SEGMENT_S:g})")
-    p.add_argument("--min-pause-s", type=float, metavar="S",
-                   help=f"shortest pause that separates segments (default: {MIN_PAUSE_S:g})")
-    p.add_argument("--word-timestamps", action=argparse.BooleanOptionalAction, default=None,
-                   help="time every word by CTC forced alignment (default: when the model has a CTC head)")
+    add_segmentation_flags(p)
     p.set_defaults(func=cmd_serve)

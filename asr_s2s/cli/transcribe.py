@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from asr_s2s.cli.options import (
-    EXIT_OK, EXIT_SOME_FAILED, check_output_dir, decode_overrides, set_threads,
+    EXIT_OK, EXIT_SOME_FAILED, add_segmentation_flags, check_output_dir, decode_overrides, set_threads,
 )
 from asr_s2s.errors import AsrS2SError, ConfigError
 from asr_s2s.files import write_text_atomically
@@ -280,8 +280,6 @@ def cmd_transcribe(args) -> int:
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser, decode: argparse.ArgumentParser) -> None:
     """Add the transcribe command."""
-    from asr_s2s.vad import MAX_SEGMENT_S, MIN_PAUSE_S
-
     p = sub.add_parser(
         "transcribe", parents=[common, decode], help="transcribe audio files of any length",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -310,13 +308,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser, d
     p.add_argument("--format", choices=["txt", "json", "srt", "vtt", "tsv"], default="txt", help="output format (default: txt)")
     p.add_argument("--output-dir", metavar="DIR", help="write one file per input, DIR/NAME.FORMAT, instead of printing")
     p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output file exists (with --output-dir)")
-    p.add_argument("--max-segment-s", "--max-segment-seconds", dest="max_segment_s", type=float, metavar="S",
-                   help=f"longest segment the model decodes; longer stretches are cut at pauses (default: {MAX_SEGMENT_S:g})")
-    p.add_argument("--min-pause-s", type=float, metavar="S",
-                   help=f"shortest pause that separates segments (default: {MIN_PAUSE_S:g})")
-    p.add_argument("--word-timestamps", action=argparse.BooleanOptionalAction, default=None,
-                   help="time every word by CTC forced alignment (default: when the model has a CTC head; "
-                        "--word-timestamps makes a model without one an error)")
+    add_segmentation_flags(p)
     p.add_argument("--plot-attention", metavar="DIR", help="write a PNG of the attention alignment of each segment to DIR")
     p.add_argument("--num-workers", type=int, default=0, metavar="N",
                    help="threads that read and resample the next N inputs while the model decodes (each held whole "
