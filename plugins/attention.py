@@ -247,20 +247,12 @@ class AttentionDecoder(Decoder):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One step from embedded tokens ``(N, E)``; returns the output layer's input ``(N, H + D)``.
 
-        Search gives ``gate_rows`` ``(N, 4H)`` (the tokens' rows of ``state["gate_table"]``, see
-        :meth:`_search_gates`) instead of ``embedded``, and the state carries ``scratch``, the
-        attention's reused pre-activation tensor.
+        Search gives ``gate_rows`` ``(N, 4H)`` (the tokens' rows of ``state["gate_table"]``) instead
+        of ``embedded``, and its state carries the attention's ``scratch`` (see :meth:`_search_state`).
         """
-        scratch = None
-        if not torch.is_grad_enabled():
-            projected = state["projected"]
-            scratch = state.get("scratch")
-            if scratch is None:  # sized for the first step's N; later steps (fewer rows after compaction) reuse it
-                scratch = projected.new_empty(state["h"].shape[1] * projected.shape[1] * projected.shape[2])
-            state = dict(state, scratch=scratch)
         context, weights = self.attention(
             state["memory"], state["projected"], state["mask"], state["h"][-1], state["attention"],
-            state.get("location_matrix"), scratch,
+            state.get("location_matrix"), state.get("scratch"),
         )
         hs, cs = [], []
         if gate_rows is not None:
@@ -283,25 +275,29 @@ class AttentionDecoder(Decoder):
         if torch.is_grad_enabled():
             features, state = self._advance(self.embed(tokens), state)
         else:
-            state = self._search_gates(state)
+            state = self._search_state(state)
             features, state = self._advance(None, state, state["gate_table"].index_select(0, tokens))
         return torch.log_softmax(self.output(features), dim=-1), state
 
-    def _search_gates(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The first LSTM layer's gates, rearranged for search (once per search, kept in the state).
+    def _search_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What search adds to the state, once per search (at its first step):
 
-        ``gate_table`` ``(V, 4H)``: every token's embedding through the input weights, plus both
-        biases; ``gate_weight`` ``(4H, D + H)``: the input weights on the context next to the
-        recurrent weights. A step then costs one product ``[context, h] @ gate_weight^T`` added to
-        the tokens' rows, instead of the embedding, context and recurrent products of
-        ``nn.LSTMCell``: the same sums in another order.
+        - ``gate_table`` ``(V, 4H)``: every token's embedding through the first LSTM layer's input
+          weights, plus both biases; ``gate_weight`` ``(4H, D + H)``: its input weights on the context
+          next to its recurrent weights. A step then costs one product ``[context, h] @ gate_weight^T``
+          added to the tokens' rows, instead of the embedding, context and recurrent products of
+          ``nn.LSTMCell``: the same sums in another order.
+        - ``scratch``: the attention's pre-activation tensor, sized for the first step's ``N``; later
+          steps (fewer rows once finished utterances are dropped) reuse it.
         """
         if "gate_table" in state:
             return state
         cell, embed_dim = self.cells[0], self.embed.embedding_dim
         table = torch.addmm(cell.bias_ih + cell.bias_hh, self.embed.weight, cell.weight_ih[:, :embed_dim].t())
         weight = torch.cat([cell.weight_ih[:, embed_dim:], cell.weight_hh], dim=1)
-        return dict(state, gate_table=table.to(state["h"].dtype), gate_weight=weight.to(state["h"].dtype))
+        projected, dtype = state["projected"], state["h"].dtype
+        return dict(state, gate_table=table.to(dtype), gate_weight=weight.to(dtype),
+                    scratch=projected.new_empty(state["h"].shape[1] * projected.shape[1] * projected.shape[2]))
 
     def select(self, state: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
         return dict(
