@@ -36,7 +36,8 @@
 # Several nodes: run stages 1-3 once, on one node; then stage 4 on every node with --nnodes N --node-rank R
 # --rdzv-endpoint HOST:PORT (node 0 averages); stage 5 on one node; stage 6 on every node as stage 4;
 # stage 7 on one node. Each torchrun of a stage meets on a port of its own: PORT, PORT+1, ... (stage 6 runs two
-# per decoded set with an LM, one without), so keep that range free on node 0. With --nnodes > 1 only '--stage 4 --stop-stage 4' or '--stage 6 --stop-stage 6' run.
+# per decoded set with an LM, one without), so keep that range free on node 0.
+# With --nnodes > 1 only '--stage 4 --stop-stage 4' or '--stage 6 --stop-stage 6' run.
 set -euo pipefail
 
 recipe_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
