@@ -87,6 +87,13 @@ def test_padding_invariance_with_zero_padding(base, pyramid):
     _alone_vs_batched(_encoder(base, pyramid), [9, 40, 23, 17, 1], garbage=False)
 
 
+@pytest.mark.parametrize("garbage", [False, True])
+def test_padding_invariance_when_decoding(garbage):
+    """Without autograd the pyramidal layers run packed and the first masked; alone and batched still agree."""
+    with torch.inference_mode():
+        _alone_vs_batched(_encoder(1, 2), [9, 40, 23, 17, 1], garbage=garbage)
+
+
 @pytest.mark.parametrize(
     ("base", "pyramid"),
     [
@@ -120,25 +127,61 @@ def _reference_blstm(layer: MaskedBLSTM) -> nn.LSTM:
     return ref
 
 
-def test_masked_blstm_equals_torch_bidirectional_lstm():
+# every route of MaskedBLSTM is checked against torch's own bidirectional LSTM: masked (training, and
+# decoding narrow layers), packed (decoding wide layers with padding), bidirectional (no padding)
+def _route(layer: MaskedBLSTM, route: str, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    if route == "forward, training":
+        return layer(x, lens)
+    if route == "forward, decoding":
+        with torch.inference_mode():
+            return layer(x, lens)
+    with torch.inference_mode():
+        return layer.bidirectional(x) if route == "bidirectional" else getattr(layer, route)(x, lens)
+
+
+@pytest.mark.parametrize("route", ["forward, training", "forward, decoding", "masked", "packed", "bidirectional"])
+def test_masked_blstm_equals_torch_bidirectional_lstm(route):
     torch.manual_seed(0)
     layer = MaskedBLSTM(7, 11)
     ref = _reference_blstm(layer)
-    x = torch.randn(1, 29, 7)
-    ours = layer(x, torch.tensor([29]))
+    x = torch.randn(2, 29, 7)
+    ours = _route(layer, route, x, torch.tensor([29, 29]))
     expected, _ = ref(x)
-    assert ours.shape == expected.shape == (1, 29, 22)
+    assert ours.shape == expected.shape == (2, 29, 22)
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
 
 
-def test_masked_blstm_in_a_padded_batch_equals_the_reference_per_sequence():
+@pytest.mark.parametrize("route", ["forward, training", "forward, decoding", "masked", "packed"])
+@pytest.mark.parametrize("input_size", [4, 11])  # decoding: masked below 2x the hidden size (5), packed above
+def test_masked_blstm_in_a_padded_batch_equals_the_reference_per_sequence(route, input_size):
     torch.manual_seed(1)
-    layer = MaskedBLSTM(4, 5)
+    layer = MaskedBLSTM(input_size, 5)
     ref = _reference_blstm(layer)
     lengths = [13, 3, 8, 1]
-    x, lens = _padded(lengths, 4, garbage=True)
-    out = layer(x, lens)
+    x, lens = _padded(lengths, input_size, garbage=True)
+    out = _route(layer, route, x, lens)
     for b, n in enumerate(lengths):
         expected, _ = ref(x[b : b + 1, :n])
         torch.testing.assert_close(out[b, :n], expected[0], atol=1e-5, rtol=0)
         assert torch.all(out[b, n:] == 0)
+
+
+@pytest.mark.parametrize("input_size", [4, 11])
+def test_decoding_keeps_bf16_autocast_and_a_zero_length_sequence_is_all_zero(input_size):
+    """Under CPU bf16 autocast a padded batch of a wide layer stays masked, on the fused bf16 kernel
+    (PyTorch's packed LSTM would run in fp32)."""
+    torch.manual_seed(2)
+    layer = MaskedBLSTM(input_size, 5)
+    ref = _reference_blstm(layer)
+    lengths = [13, 0, 8]
+    x, lens = _padded(lengths, input_size, garbage=True)
+    with torch.inference_mode():
+        out = layer(x, lens)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = layer(x, lens)
+    assert low.dtype == torch.bfloat16 and out.dtype == torch.float32
+    assert torch.all(out[1] == 0) and torch.all(low[1] == 0)
+    for b, n in enumerate(lengths):
+        if n:
+            expected, _ = ref(x[b : b + 1, :n])
+            torch.testing.assert_close(low[b, :n].float(), expected[0], atol=0.05, rtol=0)
