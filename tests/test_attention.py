@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import asr_s2s_plugins.attention as attention_module
+import asr_s2s_plugins.attention.attention as attention_module
 from asr_s2s_plugins.attention import Attention, AttentionDecoder
 from asr_s2s.layers import length_mask
 
@@ -56,6 +56,25 @@ def test_step_by_step_equals_teacher_forcing(kind, layers):
         logp, state = decoder.step(tokens[:, u], state)
         torch.testing.assert_close(logp, torch.log_softmax(logits[:, u], -1), atol=1e-5, rtol=0)
         torch.testing.assert_close(state["attention"], weights[:, u], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("lengths", "table"), [([7, 4, 9], "mixed_memory"), ([13, 5, 12], "gate_weight")])
+@pytest.mark.parametrize(("kind", "layers"), [("location", 1), ("content", 1), ("location", 2)])
+def test_search_steps_equal_teacher_forcing(kind, layers, lengths, table):
+    """Without autograd a step runs on the search tables: the encoder states through the context weights
+    while that costs fewer products (short memories here, D = 10, 4H + V = 76), else the fused gate weight."""
+    decoder = _decoder(kind, num_layers=layers)
+    states, lens = _memory(lengths)
+    tokens = _tokens(3, 6)
+    logits, weights = decoder(states, lens, tokens)
+    state = decoder.init_state(states, lens)
+    with torch.inference_mode():
+        for u in range(tokens.shape[1]):
+            logp, state = decoder.step(tokens[:, u], state)
+            torch.testing.assert_close(logp, torch.log_softmax(logits[:, u], -1), atol=1e-5, rtol=0)
+            torch.testing.assert_close(state["attention"], weights[:, u], atol=1e-6, rtol=0)
+    other = ({"mixed_memory", "gate_weight"} - {table}).pop()
+    assert table in state and other not in state
 
 
 def test_select_gathers_hypotheses():

@@ -1,4 +1,4 @@
-"""The LAS speller: an LSTM decoder with location-aware or content-based attention."""
+"""The LAS speller: an LSTM decoder that attends over the encoder states (:mod:`.attention`) before each step."""
 
 from __future__ import annotations
 
@@ -6,136 +6,10 @@ import torch
 from torch import nn
 
 from asr_s2s.errors import ConfigError
-from asr_s2s.hookspecs import hookimpl
 from asr_s2s.interfaces import Decoder, LanguageModel
 from asr_s2s.layers import length_mask
 
-ATTENTION_TYPES = ("location", "content")
-
-
-# Training and decoding replace the location convolution by a Toeplitz matrix product
-# while the padded utterance spans at most this many kernel widths (frames / taps), and
-# the matrix holds at most this many elements (32 MB in fp32).
-TOEPLITZ_MAX_SPAN = 4
-TOEPLITZ_MAX_ELEMENTS = 1 << 23
-
-
-class Attention(nn.Module):
-    """Additive attention (Bahdanau); location-aware when ``conv_channels > 0`` (Chorowski et al. 2015).
-
-    Energies are ``w^T tanh(h) + b`` with ``h = W m_t + V q + U (F * a_prev)_t + c``, computed as
-    ``2 w^T sigmoid(2h) + b``. Since ``tanh(x) = 2 sigmoid(2x) - 1`` the two differ by the same
-    ``sum(w)`` at every frame, which the softmax ignores, so the weights are the same function of
-    the parameters; doubling is exact in floating point, and PyTorch's sigmoid ran 6x faster than
-    its tanh over the ``(N, T', A)`` pre-activations on the CPU (a full search step 1.9x, beam 10 +
-    CTC on the reference model). ``W m + c`` is computed once per utterance by :meth:`project_memory`.
-    """
-
-    def __init__(self, memory_dim: int, query_dim: int, attention_dim: int, conv_channels: int, conv_kernel: int) -> None:
-        super().__init__()
-        self.memory_proj = nn.Linear(memory_dim, attention_dim)
-        self.query_proj = nn.Linear(query_dim, attention_dim, bias=False)
-        self.energy = nn.Linear(attention_dim, 1)
-        self.location = conv_channels > 0
-        if self.location:
-            if conv_kernel % 2 == 0:
-                raise ValueError(f"conv_kernel must be odd, got {conv_kernel}")
-            self.conv = nn.Conv1d(1, conv_channels, conv_kernel, padding=conv_kernel // 2, bias=False)
-            self.location_proj = nn.Linear(conv_channels, attention_dim, bias=False)
-
-    def project_memory(self, memory: torch.Tensor) -> torch.Tensor:
-        """The memory's share of ``2h``: ``2 (W m + c)``. :param memory: ``(N, T', D)``. :returns: ``(N, T', A)``."""
-        return self.memory_proj(memory).mul(2.0)
-
-    def location_matrix(self, frames: int) -> torch.Tensor | None:
-        """The location filters as one ``(T', T' * C)`` Toeplitz matrix, or None where the convolution is cheaper.
-
-        ``previous @ matrix`` viewed as ``(N, T', C)`` equals the zero-padded
-        convolution of the previous weights, already in the layout the location
-        projection reads. On the 2-core CPU, for 80 hypotheses and 10 filters,
-        the product ran 7.9x faster than oneDNN's single-input-channel
-        convolution at ``T' = 0.6 W`` (the reference model: kernel 201), 2x at
-        ``2.5 W`` and 0.7-0.8x from ``5 W``, where its ``T'^2 C`` products
-        outweigh the convolution's ``T' W C``; hence ``TOEPLITZ_MAX_SPAN``.
-        Training differentiates through it (the matrix is built once per batch
-        from the filters): the recipe model's teacher-forced decoder, forward and
-        backward, ran 1.2x faster at ``T' = 2.3 W``, 1.2x at ``4 W`` and broke
-        even near ``6.5 W``.
-        """
-        if not self.location or frames == 0:
-            return None
-        channels, _, kernel = self.conv.weight.shape
-        if frames > TOEPLITZ_MAX_SPAN * kernel or frames * frames * channels > TOEPLITZ_MAX_ELEMENTS:
-            return None
-        pad, device = kernel // 2, self.conv.weight.device
-        positions = torch.arange(frames, device=device)
-        offset = positions.view(frames, 1) - positions.view(1, frames) + pad  # [s, t]: tap s - t + pad
-        taps = self.conv.weight[:, 0].index_select(1, offset.clamp(0, kernel - 1).view(-1))
-        inside = ((offset >= 0) & (offset < kernel)).view(1, -1).to(taps)
-        matrix = (taps * inside).view(-1, frames, frames)  # (C, T' s, T' t)
-        return matrix.permute(1, 2, 0).reshape(frames, frames * matrix.shape[0])  # column t * C + c
-
-    def forward(
-        self,
-        memory: torch.Tensor,
-        projected: torch.Tensor,
-        mask: torch.Tensor,
-        query: torch.Tensor,
-        previous: torch.Tensor,
-        location_matrix: torch.Tensor | None = None,
-        scratch: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attend once, for ``N = B * K`` queries over ``B`` utterances (``K`` hypotheses each, utterance-major).
-
-        Training has ``K = 1``; beam search keeps each utterance's memory once
-        and attends with its ``K`` hypotheses together.
-
-        :param memory: ``(B, T', D)`` encoder states.
-        :param projected: ``(B, T', A)`` from :meth:`project_memory`.
-        :param mask: ``(B, T')`` True on valid frames.
-        :param query: ``(N, Q)`` decoder state.
-        :param previous: ``(N, T')`` previous attention weights.
-        :param location_matrix: ``(T', T' * C)`` from :meth:`location_matrix`, or None to convolve.
-        :param scratch: without autograd, a float tensor of at least ``N * T' * A`` elements that
-            holds the pre-activations (its contents are overwritten), so that decoding does not
-            allocate (and page in) a fresh ``(N, T', A)`` tensor at every step; None allocates.
-        :returns: context ``(N, D)`` and weights ``(N, T')``.
-        """
-        b, frames, dim = projected.shape
-        n = query.shape[0]
-        k = n // b
-        query_term = self.query_proj(query).view(b, k, 1, dim)
-        loc = self._location_features(previous, location_matrix)  # (N * T', C) or None
-        if torch.is_grad_enabled():
-            if loc is not None and k == 1:  # one fused pass: 2 (W m + c) + 2 U (F * a_prev)
-                hidden = torch.addmm(projected.reshape(n * frames, dim), loc, self.location_proj.weight.t(), alpha=2.0)
-                hidden = hidden.view(b, 1, frames, dim)
-            elif loc is not None:
-                hidden = projected.unsqueeze(1) + 2.0 * self.location_proj(loc).view(b, k, frames, dim)
-            else:
-                hidden = projected.unsqueeze(1)
-            hidden = torch.sigmoid(torch.add(hidden, query_term, alpha=2.0))  # sigmoid(2h): (B, K, T', A)
-        else:  # search: every (N, T', A) pass in place, in one reused tensor
-            size = n * frames * dim
-            use = scratch[:size] if scratch is not None and scratch.numel() >= size and scratch.dtype == projected.dtype else None
-            hidden = torch.add(projected.unsqueeze(1), query_term, alpha=2.0,
-                               out=use.view(b, k, frames, dim) if use is not None else None)
-            if loc is not None:
-                hidden.view(n * frames, dim).addmm_(loc, self.location_proj.weight.t(), alpha=2.0)
-            hidden = hidden.sigmoid_()
-        energies = torch.matmul(hidden, self.energy.weight.view(dim) * 2.0) + self.energy.bias  # (B, K, T')
-        weights = torch.softmax(energies.masked_fill(~mask.unsqueeze(1), float("-inf")), dim=-1)
-        context = torch.bmm(weights, memory)  # (B, K, D)
-        return context.view(n, -1), weights.view(n, frames)
-
-    def _location_features(self, previous: torch.Tensor, location_matrix: torch.Tensor | None) -> torch.Tensor | None:
-        """``F * a_prev`` as ``(N * T', C)`` for previous weights ``(N, T')``; None for content attention."""
-        if not self.location:
-            return None
-        n, frames = previous.shape
-        if location_matrix is None:
-            return self.conv(previous.unsqueeze(1)).transpose(1, 2).reshape(n * frames, -1)
-        return torch.mm(previous, location_matrix).view(n * frames, -1)
+from .attention import ATTENTION_TYPES, Attention
 
 
 def _lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,29 +116,16 @@ class AttentionDecoder(Decoder):
             attention=state["attention"].repeat_interleave(beam, 0),
         )
 
-    def _advance(
-        self, embedded: torch.Tensor | None, state: dict[str, torch.Tensor], gate_rows: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One step from embedded tokens ``(N, E)``; returns the output layer's input ``(N, H + D)``.
-
-        Search gives ``gate_rows`` ``(N, 4H)`` (the tokens' rows of ``state["gate_table"]``) instead
-        of ``embedded``, and its state carries the attention's ``scratch`` (see :meth:`_search_state`).
-        """
+    def _advance(self, embedded: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One teacher-forced step from embedded tokens ``(N, E)``; returns the output layer's input ``(N, H + D)``."""
         context, weights = self.attention(
             state["memory"], state["projected"], state["mask"], state["h"][-1], state["attention"],
-            state.get("location_matrix"), state.get("scratch"),
+            state.get("location_matrix"),
         )
+        x = torch.cat([embedded, context], dim=-1)
         hs, cs = [], []
-        if gate_rows is not None:
-            both = torch.cat([context, state["h"][0]], dim=-1)
-            h, c = _lstm_cell(torch.addmm(gate_rows, both, state["gate_weight"].t()), state["c"][0])
-            hs.append(h)
-            cs.append(c)
-            x = h
-        else:
-            x = torch.cat([embedded, context], dim=-1)
-        for layer in range(len(hs), self.num_layers):
-            h, c = self.cells[layer](x, (state["h"][layer], state["c"][layer]))
+        for layer, cell in enumerate(self.cells):
+            h, c = cell(x, (state["h"][layer], state["c"][layer]))
             hs.append(h)
             cs.append(c)
             x = self.dropout(h)
@@ -274,29 +135,72 @@ class AttentionDecoder(Decoder):
     def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if torch.is_grad_enabled():
             features, state = self._advance(self.embed(tokens), state)
+            logits = self.output(features)
         else:
-            state = self._search_state(state)
-            features, state = self._advance(None, state, state["gate_table"].index_select(0, tokens))
-        return torch.log_softmax(self.output(features), dim=-1), state
+            logits, state = self._search_advance(tokens, self._search_state(state))
+        return torch.log_softmax(logits, dim=-1), state
+
+    def _search_advance(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One search step from tokens ``(N,)``, with the tables of :meth:`_search_state`; returns logits ``(N, V)``.
+
+        The same sums as :meth:`_advance` and the output layer, in another order: with ``mixed``
+        memory the attention weights read ``[context @ W_ic^T, context @ W_oc^T]`` ``(N, 4H + V)``
+        at once, where ``W_ic`` and ``W_oc`` are the first LSTM layer's and the output layer's
+        weights on the context; otherwise they read the context ``(N, D)``, as in training.
+        """
+        gates_in = state["gate_table"].index_select(0, tokens)  # (N, 4H)
+        mixed = "mixed_memory" in state
+        read, weights = self.attention(
+            state["mixed_memory"] if mixed else state["memory"], state["projected"], state["mask"], state["h"][-1],
+            state["attention"], state.get("location_matrix"), state.get("scratch"),
+        )
+        width, h0 = 4 * self.hidden_size, state["h"][0]
+        if mixed:
+            gates = torch.addmm(gates_in.add_(read[:, :width]), h0, state["recurrent_weight"].t())
+        else:
+            gates = torch.addmm(gates_in, torch.cat([read, h0], dim=-1), state["gate_weight"].t())
+        h, c = _lstm_cell(gates, state["c"][0])
+        hs, cs, x = [h], [c], h
+        for layer in range(1, self.num_layers):
+            h, c = self.cells[layer](x, (state["h"][layer], state["c"][layer]))
+            hs.append(h)
+            cs.append(c)
+            x = h
+        if mixed:
+            logits = torch.addmm(read[:, width:] + self.output.bias, x, state["output_weight"].t())
+        else:
+            logits = self.output(torch.cat([x, read], dim=-1))
+        return logits, dict(state, h=torch.stack(hs), c=torch.stack(cs), attention=weights)
 
     def _search_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """What search adds to the state, once per search (at its first step):
 
         - ``gate_table`` ``(V, 4H)``: every token's embedding through the first LSTM layer's input
-          weights, plus both biases; ``gate_weight`` ``(4H, D + H)``: its input weights on the context
-          next to its recurrent weights. A step then costs one product ``[context, h] @ gate_weight^T``
-          added to the tokens' rows, instead of the embedding, context and recurrent products of
-          ``nn.LSTMCell``: the same sums in another order.
+          weights, plus both biases, so that a step adds the tokens' rows instead of embedding them.
+        - Where it costs fewer products per step (``T' (4H + V - D) < D (4H + V)``: up to about 100 s
+          of audio for the recipe models), ``mixed_memory`` ``(B, T', 4H + V)``: the encoder states
+          through the first layer's and the output layer's weights on the context, which the
+          attention weights then read in place of the states (their ``(N, D) x (D, 4H + V)`` product
+          per step becomes ``(N, T') x (T', 4H + V)``), with the ``recurrent_weight`` ``(4H, H)`` and
+          the ``output_weight`` ``(V, H)`` on the top layer. Otherwise ``gate_weight`` ``(4H, D + H)``:
+          the context and recurrent weights side by side, for one ``[context, h]`` product.
         - ``scratch``: the attention's pre-activation tensor, sized for the first step's ``N``; later
           steps (fewer rows once finished utterances are dropped) reuse it.
         """
         if "gate_table" in state:
             return state
-        cell, embed_dim = self.cells[0], self.embed.embedding_dim
+        cell, embed_dim, dtype = self.cells[0], self.embed.embedding_dim, state["h"].dtype
         table = torch.addmm(cell.bias_ih + cell.bias_hh, self.embed.weight, cell.weight_ih[:, :embed_dim].t())
-        weight = torch.cat([cell.weight_ih[:, embed_dim:], cell.weight_hh], dim=1)
-        projected, dtype = state["projected"], state["h"].dtype
-        return dict(state, gate_table=table.to(dtype), gate_weight=weight.to(dtype),
+        memory, projected = state["memory"], state["projected"]
+        frames, dim, width = memory.shape[1], memory.shape[2], 4 * self.hidden_size + self.vocab_size
+        if frames * (width - dim) < dim * width:
+            on_context = torch.cat([cell.weight_ih[:, embed_dim:], self.output.weight[:, self.hidden_size :]])
+            tables = dict(mixed_memory=torch.matmul(memory, on_context.t().to(memory.dtype)),
+                          recurrent_weight=cell.weight_hh.to(dtype),
+                          output_weight=self.output.weight[:, : self.hidden_size].to(dtype))
+        else:
+            tables = dict(gate_weight=torch.cat([cell.weight_ih[:, embed_dim:], cell.weight_hh], dim=1).to(dtype))
+        return dict(state, gate_table=table.to(dtype), **tables,
                     scratch=projected.new_empty(state["h"].shape[1] * projected.shape[1] * projected.shape[2]))
 
     def select(self, state: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -311,7 +215,8 @@ class AttentionDecoder(Decoder):
         """Keep hypotheses ``rows`` ``(M,)`` (whole utterances' blocks) and those utterances' memory."""
         beam = state["h"].shape[1] // state["memory"].shape[0]
         utterances = rows[::beam] // beam  # rows holds whole blocks of beam rows
-        per_utterance = {key: state[key].index_select(0, utterances) for key in ("memory", "projected", "mask")}
+        per_utterance = {key: state[key].index_select(0, utterances)
+                         for key in ("memory", "projected", "mask", "mixed_memory") if key in state}
         return dict(
             state,
             **per_utterance,
@@ -377,8 +282,3 @@ class AttentionDecoder(Decoder):
             weights.append(state["attention"])
         # one output product for all steps: cheaper than U small ones and their U weight-gradient sums
         return self.output(torch.stack(features, dim=1)), torch.stack(weights, dim=1)
-
-
-@hookimpl
-def asr_s2s_register_decoders() -> list[type]:
-    return [AttentionDecoder]
