@@ -195,6 +195,7 @@ class BeamSearch:
         done = torch.zeros(batch, dtype=torch.bool, device=device)
         beam_offsets = torch.arange(k, device=device)
         base = (torch.arange(batch, device=device) * k).unsqueeze(1)  # (B, 1): first row of each block
+        rank = (2 * k - torch.arange(2 * k, device=device)).unsqueeze(0)  # (1, 2K): better extensions rank higher
 
         for step in range(int(max_len.max()) + 1):
             b, n = len(alive), len(alive) * k
@@ -205,10 +206,11 @@ class BeamSearch:
             token = top_index % vocab  # (b, 2K); source: their flat parent rows
             ends = (token == self.eos) & torch.isfinite(top_scores) & ~done.unsqueeze(1)
             ends[:, k:] = False
-            if bool(ends.any()):
+            ended = bool(ends.any())
+            if ended:
                 self._finish(ends, top_scores, source, prefix, shares, step_scores, new_states, step, finished, alive)
             # keep the best K extensions that do not end
-            keep_rank = torch.where(token == self.eos, -1, 2 * k - torch.arange(top_index.shape[1], device=device))
+            keep_rank = torch.where(token == self.eos, -1, rank[:, : top_index.shape[1]])
             keep = keep_rank.topk(k, dim=1).indices  # (b, K), in score order
             running = top_scores.gather(1, keep)
             rows = source.gather(1, keep).reshape(n)
@@ -216,9 +218,10 @@ class BeamSearch:
             shares = shares[rows] + self._shares(step_scores, rows, new_tokens)
             prefix = torch.cat([prefix[rows], new_tokens.unsqueeze(1)], dim=1)
             scorer_states = {name: self._call(name, "select", new_states[name], rows, new_tokens) for name in self.scorers}
-            done |= torch.tensor([len(finished[u]) >= k for u in alive], device=device)
+            if ended:
+                done |= torch.tensor([len(finished[u]) >= k for u in alive], device=device)
             done |= step >= max_len.view(b, k)[:, 0]
-            if self.options.end_margin is not None:
+            if self.options.end_margin is not None and any(finished[u] for u in alive):
                 done |= self._hopeless(running, [finished[u] for u in alive], step)
             if bool(done.all()):
                 break
@@ -241,7 +244,7 @@ class BeamSearch:
         other token is out of the running (``-inf``).
         """
         step_scores, new_states = {}, {}
-        total = prefix.new_zeros(prefix.shape[0], self.vocab_size, dtype=torch.float64)
+        total = None
         for name in self.full:
             depends_on = self.scorers[name].depends_on
             if depends_on:
@@ -249,9 +252,12 @@ class BeamSearch:
                 step_scores[name], new_states[name] = self._pair(name, "score", prefix, scorer_states[name], inputs)
             else:
                 step_scores[name], new_states[name] = self._pair(name, "score", prefix, scorer_states[name])
-            self._check_scores(name, step_scores[name], total.shape, step)
-            total = total + self.weights[name] * step_scores[name].double()
-        if self.full:
+            self._check_scores(name, step_scores[name], (prefix.shape[0], self.vocab_size), step)
+            weighted = self.weights[name] * step_scores[name].double()
+            total = weighted if total is None else total + weighted
+        if total is None:  # partial scorers only: every token is a candidate
+            total = prefix.new_zeros(prefix.shape[0], self.vocab_size, dtype=torch.float64)
+        else:
             self._check_finite(total, step_scores, self.full, step)
         if self.options.eos_threshold is not None and EOS_THRESHOLD_SCORER in step_scores:
             total = self._threshold_eos(total, step_scores[EOS_THRESHOLD_SCORER], step, max_len)
@@ -323,7 +329,7 @@ class BeamSearch:
 
     def _check_finite(self, total: torch.Tensor, scores: Mapping[str, torch.Tensor], names: list[str], step: int) -> None:
         """No NaN or ``+inf`` in the weighted ``total``; if there is one, name the scorer that returned it."""
-        if not bool((torch.isnan(total) | torch.isposinf(total)).any()):
+        if bool(total.max() < float("inf")):  # one reduction: a NaN maximum fails the comparison too
             return
         for name in names:
             bad = torch.isnan(scores[name]) | torch.isposinf(scores[name])
