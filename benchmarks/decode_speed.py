@@ -5,7 +5,9 @@ Usage:
     python benchmarks/decode_speed.py --model DIR --manifest test.jsonl [--lm DIR] [--limit N]
 
 RTF = decode wall time / audio time, encoder included, features precomputed
-(lower is faster). Each figure is the median of ``--repeats`` runs.
+(lower is faster). Each figure is the median of ``--repeats`` runs. The
+reference rows end with the encoder alone on the batch ("encoder only"), the
+part of every row that search cannot speed up.
 
 Without --model: the scorer issue's reference model (random weights, <eos>
 suppressed so that every utterance runs as many steps as it has encoder
@@ -53,6 +55,7 @@ from asr_s2s.registry import Registry
 from asr_s2s.recognizer import Recognizer
 
 FRAMES_PER_SECOND = 100
+ENCODER_ROW = "encoder only, batch"
 BF16 = ", bf16 encoder"  # label suffix of the rows decoded with decode.precision "bf16"
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 PEER_PYTHON = PEERS_DIR / ".venv" / "bin" / "python"
@@ -86,8 +89,9 @@ def batches(items: list[Item], batch_seconds: float | None) -> list[list[int]]:
     return list(sampler)
 
 
-def rtf(recognizer: Recognizer, items: list[Item], groups: list[list[int]] | None, repeats: int) -> float:
-    """Median RTF; ``groups`` None decodes one utterance at a time."""
+def rtf(recognizer: Recognizer, items: list[Item], groups: list[list[int]] | None, repeats: int,
+        encoder_only: bool = False) -> float:
+    """Median RTF; ``groups`` None decodes one utterance at a time; ``encoder_only`` stops after the encoder."""
     padded = []
     for group in groups or [[i] for i in range(len(items))]:
         feats = pad_sequence([items[i].feats for i in group], batch_first=True)
@@ -96,7 +100,10 @@ def rtf(recognizer: Recognizer, items: list[Item], groups: list[list[int]] | Non
 
     def run():
         for feats, lengths, ids in padded:
-            recognizer.decode_features(feats, lengths, ids)
+            if encoder_only:
+                recognizer.encode(feats, lengths)
+            else:
+                recognizer.decode_features(feats, lengths, ids)
 
     return median_time(run, repeats) / sum(i.seconds for i in items)
 
@@ -169,6 +176,9 @@ def reference(args, registry: Registry) -> None:
             label: rtf(Recognizer(model, cfg, registry, args.device), items, batches(items, None) if batched else None, args.repeats)
             for label, cfg, batched in setups
         }
+        # the encoder alone: the same math on both sides, so what no search speed-up can go below
+        rows[ENCODER_ROW] = rtf(Recognizer(model, greedy, registry, args.device), items, batches(items, None),
+                                args.repeats, encoder_only=True)
         base = f"beam {k} + ctc 0.3, batch" if model.ctc is not None else f"beam {k}, batch"
         report(f"{name} model (random weights, <eos> suppressed)", rows, base)
         if name == "reference" and args.peers:

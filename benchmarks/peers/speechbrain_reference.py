@@ -28,7 +28,8 @@ max_steps)`` and has no minimum length, so it gets ratios 0.0 and 1.0 and an
 
 It prints one JSON object: ``rows`` {label: RTF} (decode wall time / audio
 time, encoder included, median of ``--repeats`` after one warm-up, under
-``torch.inference_mode``), ``versions``, ``threads`` and ``parameters``.
+``torch.inference_mode``; the row "encoder only, batch" times the encoder
+alone), ``versions``, ``threads`` and ``parameters``.
 """
 
 from __future__ import annotations
@@ -158,14 +159,19 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def rtf(model: Reference, searcher: torch.nn.Module, utterances: list[torch.Tensor], batched: bool, repeats: int) -> float:
-    """Median RTF of decoding ``utterances`` all in one padded batch, or one at a time."""
+def rtf(model: Reference, searcher: torch.nn.Module | None, utterances: list[torch.Tensor], batched: bool,
+        repeats: int) -> float:
+    """Median RTF of decoding ``utterances`` all in one padded batch, or one at a time; ``searcher`` None
+    times the encoder alone."""
     groups = [utterances] if batched else [[u] for u in utterances]
     padded = [(pad_sequence(g, batch_first=True), torch.tensor([u.shape[0] for u in g])) for g in groups]
 
     def run() -> None:
         for feats, lengths in padded:
-            model.decode(searcher, feats, lengths)
+            if searcher is None:
+                model.encoder(feats, lengths)
+            else:
+                model.decode(searcher, feats, lengths)
 
     seconds = sum(u.shape[0] for u in utterances) / FRAMES_PER_SECOND
     return median_time(run, repeats) / seconds
@@ -193,7 +199,8 @@ def main() -> None:
     k = args.beam_size
     setups = [("greedy, batch", model.greedy, True),
               (f"beam {k} + ctc {CTC_WEIGHT:g}, batch", model.beam, True),
-              (f"beam {k} + ctc {CTC_WEIGHT:g}, one at a time", model.beam, False)]
+              (f"beam {k} + ctc {CTC_WEIGHT:g}, one at a time", model.beam, False),
+              ("encoder only, batch", None, True)]
     with torch.inference_mode():
         rows = {label: rtf(model, searcher, utterances, batched, args.repeats) for label, searcher, batched in setups}
     print(json.dumps({"rows": rows, "versions": versions(), "threads": torch.get_num_threads(),
