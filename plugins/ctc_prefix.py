@@ -90,6 +90,8 @@ class CTCState:
     :ivar psi: ``(N,)`` log prefix probability so far; ``(N, K)`` of the candidates after scoring.
     :ivar last: ``(N,)`` last token of the prefix (``<sos>`` for the empty one).
     :ivar candidates: ``(N, K)`` the candidates scored, or None before scoring.
+    :ivar either: ``(N, T'+1)`` log ``(r_n + r_b)``, which scoring computes and :meth:`CTCPrefixScorer.select`
+        reuses; None before scoring.
     """
 
     frames: CTCFrames
@@ -97,6 +99,7 @@ class CTCState:
     psi: torch.Tensor
     last: torch.Tensor
     candidates: torch.Tensor | None = None
+    either: torch.Tensor | None = None
 
 
 class CTCPrefixScorer(Scorer):
@@ -188,12 +191,12 @@ class CTCPrefixScorer(Scorer):
         psi = psi.masked_fill(candidates == self.blank, NEG_INF)
         previous = state.psi.unsqueeze(1)
         increment = torch.where(torch.isneginf(previous), NEG_INF, psi - previous)  # never -inf - -inf
-        return increment, dataclasses.replace(state, psi=psi, candidates=candidates)
+        return increment, dataclasses.replace(state, psi=psi, candidates=candidates, either=either)
 
     def select(self, state: CTCState, index: torch.Tensor, tokens: torch.Tensor) -> CTCState:
         """Extend row ``index[i]`` by ``tokens[i]`` for each survivor ``i``. ``index``, ``tokens``: ``(N,)``."""
         column = (state.candidates[index] == tokens.unsqueeze(1)).int().argmax(dim=1)
-        r = _extend(state.frames, state.r[index], state.last[index], tokens, index)
+        r = _extend(state.frames, state.r[index], state.either[index], state.last[index], tokens, index)
         return CTCState(state.frames, r, state.psi[index, column], tokens)
 
     def compact(self, state: CTCState, rows: torch.Tensor) -> CTCState:
@@ -204,11 +207,14 @@ class CTCPrefixScorer(Scorer):
         return CTCState(frames, state.r[rows], state.psi[rows], state.last[rows])
 
 
-def _extend(frames: CTCFrames, r: torch.Tensor, last: torch.Tensor, tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Forward variables of prefixes ``g + c``: ``r`` ``(M, 2, T'+1)`` of ``g``, its ``last`` token
-    ``(M,)``, ``tokens`` ``c`` ``(M,)``, and the frame rows ``(M,)`` they read. :returns: ``(M, 2, T'+1)``."""
-    r_n, r_b = r[:, 0], r[:, 1]
-    phi = torch.where((tokens == last).unsqueeze(1), r_b, torch.logaddexp(r_n, r_b))  # (M, T'+1)
+def _extend(
+    frames: CTCFrames, r: torch.Tensor, either: torch.Tensor, last: torch.Tensor, tokens: torch.Tensor, rows: torch.Tensor,
+) -> torch.Tensor:
+    """Forward variables of prefixes ``g + c``: ``r`` ``(M, 2, T'+1)`` of ``g`` and ``either`` ``(M, T'+1)``,
+    its ``logaddexp(r_n, r_b)`` (scoring computed it), its ``last`` token ``(M,)``, ``tokens`` ``c`` ``(M,)``,
+    and the frame rows ``(M,)`` they read. :returns: ``(M, 2, T'+1)``."""
+    r_b = r[:, 1]
+    phi = torch.where((tokens == last).unsqueeze(1), r_b, either)  # (M, T'+1)
     utterances = frames.utterances(rows)
     y_c = frames.logp[utterances, tokens]  # (M, T')
     cum_c = _cumsum_from_zero(y_c)  # (M, T'+1)
