@@ -122,15 +122,21 @@ class AttentionDecoder(Decoder):
             state["memory"], state["projected"], state["mask"], state["h"][-1], state["attention"],
             state.get("location_matrix"),
         )
-        x = torch.cat([embedded, context], dim=-1)
-        hs, cs = [], []
-        for layer, cell in enumerate(self.cells):
-            h, c = cell(x, (state["h"][layer], state["c"][layer]))
+        x, hs, cs = self._layers(torch.cat([embedded, context], dim=-1), state, [], [])
+        new_state = dict(state, h=torch.stack(hs), c=torch.stack(cs), attention=weights)
+        return torch.cat([x, context], dim=-1), new_state
+
+    def _layers(
+        self, x: torch.Tensor, state: dict[str, torch.Tensor], hs: list[torch.Tensor], cs: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Run LSTM layers ``len(hs)`` and up from input ``x`` ``(N, *)``, appending each layer's ``h`` and ``c``
+        ``(N, H)`` to ``hs`` and ``cs``; returns the top layer's output (after dropout) and both lists."""
+        for layer in range(len(hs), self.num_layers):
+            h, c = self.cells[layer](x, (state["h"][layer], state["c"][layer]))
             hs.append(h)
             cs.append(c)
             x = self.dropout(h)
-        new_state = dict(state, h=torch.stack(hs), c=torch.stack(cs), attention=weights)
-        return torch.cat([x, context], dim=-1), new_state
+        return x, hs, cs
 
     def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if torch.is_grad_enabled():
@@ -160,12 +166,7 @@ class AttentionDecoder(Decoder):
         else:
             gates = torch.addmm(gates_in, torch.cat([read, h0], dim=-1), state["gate_weight"].t())
         h, c = _lstm_cell(gates, state["c"][0])
-        hs, cs, x = [h], [c], h
-        for layer in range(1, self.num_layers):
-            h, c = self.cells[layer](x, (state["h"][layer], state["c"][layer]))
-            hs.append(h)
-            cs.append(c)
-            x = h
+        x, hs, cs = self._layers(h, state, [h], [c])
         if mixed:
             logits = torch.addmm(read[:, width:] + self.output.bias, x, state["output_weight"].t())
         else:
