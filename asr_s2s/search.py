@@ -221,7 +221,7 @@ class BeamSearch:
             if ended:
                 done |= torch.tensor([len(finished[u]) >= k for u in alive], device=device)
             done |= step >= max_len.view(b, k)[:, 0]
-            if self.options.end_margin is not None and any(finished[u] for u in alive):
+            if self.options.end_margin is not None:
                 done |= self._hopeless(running, [finished[u] for u in alive], step)
             if bool(done.all()):
                 break
@@ -349,6 +349,8 @@ class BeamSearch:
     def _hopeless(self, running: torch.Tensor, finished: list[list[Hypothesis]], step: int) -> torch.Tensor:
         """End detection (as ESPnet's): an utterance whose best running hypothesis
         trails its best finished one by more than ``end_margin`` stops. ``(B,)`` bool."""
+        if not any(finished):  # nothing finished yet: no utterance can be hopeless
+            return torch.zeros(len(finished), dtype=torch.bool, device=running.device)
         best_finished = torch.tensor(
             [max((h.score for h in f), default=NEG_INF) for f in finished], dtype=running.dtype, device=running.device
         )
